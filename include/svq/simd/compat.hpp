@@ -1,0 +1,66 @@
+// The one place that knows which xsimd version svq is built against.
+// Debian 12 ships xsimd 8.1; upstream is at 13/14. Names that changed
+// between them (hadd -> reduce_add, generic -> common, bitwise_cast's
+// template argument) are wrapped here and nowhere else.
+#pragma once
+
+#include <xsimd/xsimd.hpp>
+
+#include <cstddef>
+#include <string_view>
+#include <type_traits>
+
+#ifndef XSIMD_VERSION_MAJOR
+#error "svq needs xsimd >= 8"
+#endif
+
+namespace svq::simd {
+
+// Architecture svq kernels are compiled for (chosen at compile time by -m flags).
+using default_arch = xsimd::default_arch;
+
+// True when the build has a vector architecture; false when xsimd found none
+// (then default_arch is xsimd::unavailable and kernels take their scalar body).
+inline constexpr bool has_simd = default_arch::supported();
+
+// Horizontal sum of a batch.
+template <class T, class Arch>
+inline T reduce_add(const xsimd::batch<T, Arch>& b) noexcept {
+#if XSIMD_VERSION_MAJOR >= 11
+    return xsimd::reduce_add(b);
+#else
+    return xsimd::hadd(b);
+#endif
+}
+
+// Horizontal maximum of a batch (xsimd 8 has no reduce_max: spill and scan).
+template <class T, class Arch>
+inline T reduce_max(const xsimd::batch<T, Arch>& b) noexcept {
+#if XSIMD_VERSION_MAJOR >= 11
+    return xsimd::reduce_max(b);
+#else
+    alignas(Arch::alignment()) T lanes[xsimd::batch<T, Arch>::size];
+    b.store_aligned(lanes);
+    T m = lanes[0];
+    for (std::size_t i = 1; i < xsimd::batch<T, Arch>::size; ++i) m = lanes[i] > m ? lanes[i] : m;
+    return m;
+#endif
+}
+
+// Reinterpret the bits of a batch as another element type.
+template <class To, class From, class Arch>
+inline xsimd::batch<To, Arch> bitwise_cast(const xsimd::batch<From, Arch>& b) noexcept {
+#if XSIMD_VERSION_MAJOR >= 11
+    return xsimd::bitwise_cast<To>(b);
+#else
+    return xsimd::bitwise_cast<xsimd::batch<To, Arch>>(b);
+#endif
+}
+
+// Name of the architecture, for benchmark and demo output.
+inline std::string_view arch_name() noexcept {
+    if constexpr (has_simd) return default_arch::name();
+    else return "scalar";
+}
+
+}  // namespace svq::simd
