@@ -7,6 +7,7 @@
 #include <xsimd/xsimd.hpp>
 
 #include <cstddef>
+#include <cstdint>
 #include <string_view>
 #include <type_traits>
 
@@ -56,6 +57,49 @@ inline xsimd::batch<To, Arch> bitwise_cast(const xsimd::batch<From, Arch>& b) no
     return xsimd::bitwise_cast<xsimd::batch<To, Arch>>(b);
 #endif
 }
+
+// Permute the lanes of a batch by a compile-time pattern: lane i of the result is
+// lane G::get(i, size) of b. G is a generator type with
+// `static constexpr unsigned get(unsigned index, unsigned size)`.
+// make_batch_constant took the batch type before xsimd 13, <T, A, G> in 13 and
+// <T, G, A> from 14 on.
+// GCC 12's avx512fintrin.h builds the pass-through operand of the permute
+// intrinsics with a self-initialised variable, which -Wuninitialized reports
+// at every inlined call (GCC bug 105593); the value is never read.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+template <class G, class T, class Arch>
+inline xsimd::batch<T, Arch> swizzle_lanes(const xsimd::batch<T, Arch>& b) noexcept {
+    using index_type = xsimd::as_unsigned_integer_t<T>;
+#if XSIMD_VERSION_MAJOR >= 14
+    return xsimd::swizzle(b, xsimd::make_batch_constant<index_type, G, Arch>());
+#elif XSIMD_VERSION_MAJOR >= 13
+    return xsimd::swizzle(b, xsimd::make_batch_constant<index_type, Arch, G>());
+#else
+    return xsimd::swizzle(b, xsimd::make_batch_constant<xsimd::batch<index_type, Arch>, G>());
+#endif
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+// int32 -> float lane conversion. GCC 12's AVX-512 conversion intrinsic
+// reads an intentionally undefined register and trips -Wmaybe-uninitialized
+// when inlined (a GCC bug, not ours); the diagnostic is silenced for this call only.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+template <class Arch>
+inline xsimd::batch<float, Arch> to_float(const xsimd::batch<std::int32_t, Arch>& b) noexcept {
+    return xsimd::batch_cast<float>(b);
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 // Name of the architecture, for benchmark and demo output.
 inline std::string_view arch_name() noexcept {
