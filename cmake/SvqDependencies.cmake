@@ -12,6 +12,11 @@ endif()
 
 find_package(fmt QUIET)
 if(NOT fmt_FOUND)
+    # fmt installs itself only as a top-level project; svq's exported target
+    # names fmt::fmt, so install(EXPORT svqTargets) needs fmt's export too.
+    if(SVQ_INSTALL)
+        set(FMT_INSTALL ON CACHE BOOL "Install the fetched fmt alongside svq")
+    endif()
     FetchContent_Declare(fmt GIT_REPOSITORY https://github.com/fmtlib/fmt.git GIT_TAG 11.1.4)
     FetchContent_MakeAvailable(fmt)
 endif()

@@ -15,6 +15,7 @@
 
 #include <fmt/format.h>
 
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -57,16 +58,35 @@ inline constexpr std::size_t max_counted_bits = 8192;
 
 }  // namespace detail
 
+namespace detail {
+
+// bit_width(V(n, k) - 1) when V(n, k) fits in T.
+template <IndexType T>
+std::optional<std::size_t> try_pvq_index_bits(std::size_t n, std::size_t k) {
+    auto v = try_pvq_count<T>(n, k);
+    if (!v) return std::nullopt;
+    if constexpr (is_wide_uint<T>::value) {
+        if (v->is_zero()) return std::size_t{0};
+        --*v;
+        return v->bit_width();
+    } else {
+        return *v == 0 ? 0 : static_cast<std::size_t>(std::bit_width(*v - 1));
+    }
+}
+
+}  // namespace detail
+
 // Bits needed to store any index of P(n, k): ceil(log2 V(n, k)) = bit_width(V - 1).
 // Throws svq::overflow_error beyond 8192 bits (no useful codec is that large).
+// Counts in the narrowest of 64, 256, 1088 and 8192 bits that holds V, so the
+// cost of a small (n, k) is that of machine words.
 inline std::size_t pvq_index_bits(std::size_t n, std::size_t k) {
-    using big = wide_uint<detail::max_counted_bits>;
-    const auto v = detail::try_pvq_count<big>(n, k);
-    if (!v) throw overflow_error(fmt::format("pvq_index_bits: V(N={}, K={}) needs more than {} bits", n, k, detail::max_counted_bits));
-    if (v->is_zero()) return 0;
-    big minus_one = *v;
-    --minus_one;
-    return minus_one.bit_width();
+    if (const auto b = detail::try_pvq_index_bits<std::uint64_t>(n, k)) return *b;
+    if (const auto b = detail::try_pvq_index_bits<wide_uint<256>>(n, k)) return *b;
+    if (const auto b = detail::try_pvq_index_bits<wide_uint<1088>>(n, k)) return *b;
+    if (const auto b = detail::try_pvq_index_bits<wide_uint<detail::max_counted_bits>>(n, k)) return *b;
+    throw overflow_error(fmt::format("pvq_index_bits: V(N={}, K={}) needs more than {} bits", n, k,
+                                     detail::max_counted_bits));
 }
 
 // V(n, k) in the index type T. Throws svq::overflow_error naming N, K and the

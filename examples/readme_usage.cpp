@@ -1,0 +1,20 @@
+#include <svq/svq.hpp>
+
+#include <cstdio>
+#include <random>
+#include <vector>
+
+int main() {
+    const std::size_t rows = 256, cols = 1024;
+    std::vector<float> w(rows * cols);  // a weight matrix, row-major
+    std::mt19937 rng(1);
+    std::normal_distribution<float> normal(0.0f, 0.02f);
+    for (float& v : w) v = normal(rng);
+
+    // The best PVQ configuration at <= 3.25 bits per weight, every stored bit counted.
+    const svq::quantized_matrix q = svq::quantize(w, rows, cols, 3.25);
+    const std::vector<float> back = q.dequantize();
+    std::printf("%s: %.4f bpw, SQNR %.2f dB\n", svq::to_string(q.config()).c_str(), q.bits_per_weight(),
+                svq::sqnr_db(w, back));
+    return 0;
+}

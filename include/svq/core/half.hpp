@@ -1,0 +1,43 @@
+// IEEE 754 binary16 conversion for stored scales (C++20 has no std::float16_t).
+// Round to nearest even; overflow saturates to the largest finite half
+// (65504) because a scale must stay finite; subnormals are kept.
+#pragma once
+
+#include <bit>
+#include <cmath>
+#include <cstdint>
+
+namespace svq {
+
+inline std::uint16_t float_to_half(float value) noexcept {
+    const std::uint32_t bits = std::bit_cast<std::uint32_t>(value);
+    const std::uint32_t sign = (bits >> 16) & 0x8000u;
+    const float a = std::fabs(value);
+    if (std::isnan(value)) return static_cast<std::uint16_t>(sign | 0x7e00u);
+    if (a >= 65520.0f) return static_cast<std::uint16_t>(sign | 0x7bffu);  // saturate (65504 is the largest half)
+    if (a < 6.103515625e-05f) {  // subnormal half: a multiple of 2^-24
+        const auto q = static_cast<std::uint32_t>(std::nearbyint(a * 16777216.0f));  // round-to-even by default mode
+        return static_cast<std::uint16_t>(sign | q);
+    }
+    const std::uint32_t mag = bits & 0x7fffffffu;
+    // Rebias exponent (127 -> 15) and round the 23-bit mantissa to 10 bits, ties to even.
+    std::uint32_t h = ((mag >> 23) - 112u) << 10 | ((mag >> 13) & 0x3ffu);
+    const std::uint32_t rest = mag & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;  // carries into the exponent correctly
+    if (h >= 0x7c00u) h = 0x7bffu;
+    return static_cast<std::uint16_t>(sign | h);
+}
+
+inline float half_to_float(std::uint16_t h) noexcept {
+    const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+    const std::uint32_t exp = (h >> 10) & 0x1fu;
+    const std::uint32_t man = h & 0x3ffu;
+    if (exp == 0) {
+        const float v = std::ldexp(static_cast<float>(man), -24);
+        return sign ? -v : v;
+    }
+    if (exp == 31) return std::bit_cast<float>(sign | 0x7f800000u | (man << 13));
+    return std::bit_cast<float>(sign | ((exp + 112u) << 23) | (man << 13));
+}
+
+}  // namespace svq

@@ -1,0 +1,187 @@
+// Configuration for a target bits per weight: "compress this matrix to 3.25 bpw
+// with the least error".
+//
+// For every group size N in the candidate list, every gain width and both row
+// scale widths, the largest K whose layout (every stored bit, DESIGN.md 6)
+// stays at or below the target is found by bisection (bpw rises with K). Each
+// such candidate is then tried on a sample of the matrix's rows (evenly
+// spaced, encoded and decoded exactly as quantize does): its SQNR on the sample
+// is the prediction, and the best prediction wins.
+#pragma once
+
+#include <svq/error.hpp>
+#include <svq/matrix/layout.hpp>
+#include <svq/matrix/metrics.hpp>
+#include <svq/matrix/quantized_matrix.hpp>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <limits>
+#include <optional>
+#include <span>
+#include <vector>
+
+namespace svq {
+
+struct auto_config_options {
+    std::vector<std::size_t> group_dims = {8, 16, 32, 64, 128};
+    unsigned min_gain_bits = 1;
+    unsigned max_gain_bits = 8;
+    std::vector<unsigned> row_scale_bits = {8, 16};
+    std::size_t sample_rows = 16;  // rows encoded to predict each candidate's SQNR
+    bool rotate = true;
+    std::uint64_t seed = matrix_config{}.seed;
+    search_options search{};
+};
+
+struct config_candidate {
+    matrix_config config;
+    double bits_per_weight = 0.0;      // of the whole matrix, every stored bit
+    double predicted_sqnr_db = 0.0;    // measured on the sample rows
+};
+
+namespace detail {
+
+inline bool pulses_fit(std::size_t rows, std::size_t cols, const matrix_config& c, double target) {
+    try {
+        return make_layout(rows, cols, c).bits_per_weight() <= target;
+    } catch (const overflow_error&) {
+        return false;  // index wider than 1024 bits: far beyond any useful target
+    }
+}
+
+// Largest K with bpw <= target for this (N, gain bits, row scale bits), or nullopt.
+inline std::optional<std::size_t> largest_pulses(std::size_t rows, std::size_t cols, matrix_config c, double target) {
+    c.pulses = 1;
+    if (!pulses_fit(rows, cols, c, target)) return std::nullopt;
+    std::size_t lo = 1, hi = 2;
+    for (;; hi *= 2) {
+        c.pulses = hi;
+        if (!pulses_fit(rows, cols, c, target)) break;
+        lo = hi;
+        if (hi >= (std::size_t{1} << 20)) return lo;
+    }
+    while (hi - lo > 1) {  // fits(lo), !fits(hi)
+        c.pulses = lo + (hi - lo) / 2;
+        (pulses_fit(rows, cols, c, target) ? lo : hi) = c.pulses;
+    }
+    return lo;
+}
+
+inline void check_target(double target) {
+    if (!std::isfinite(target) || !(target > 0.0))
+        throw invalid_argument(fmt::format("target bits per weight {} must be finite and > 0", target));
+}
+
+}  // namespace detail
+
+// Every candidate configuration at <= target bpw (the largest K for each N,
+// gain width and row scale width), without predictions. Empty when none fits.
+inline std::vector<config_candidate> candidate_configs(std::size_t rows, std::size_t cols, double target_bpw,
+                                                       const auto_config_options& opt = {}) {
+    detail::check_target(target_bpw);
+    std::vector<config_candidate> out;
+    for (const std::size_t n : opt.group_dims) {
+        if (n == 0 || n >= cols) continue;
+        for (unsigned gb = opt.min_gain_bits; gb <= opt.max_gain_bits; ++gb) {
+            for (const unsigned sb : opt.row_scale_bits) {
+                matrix_config c;
+                c.group_dim = n;
+                c.gain_bits = gb;
+                c.row_scale_bits = sb;
+                c.rotate = opt.rotate;
+                c.seed = opt.seed;
+                c.search = opt.search;
+                const auto k = detail::largest_pulses(rows, cols, c, target_bpw);
+                if (!k) continue;
+                c.pulses = *k;
+                out.push_back({c, make_layout(rows, cols, c).bits_per_weight(), 0.0});
+            }
+        }
+    }
+    return out;
+}
+
+// The candidate with the best SQNR on the sample rows. Throws
+// svq::invalid_argument when no configuration reaches the target (naming the
+// target and the smallest bpw possible) or for a bad matrix.
+inline config_candidate choose_config(std::span<const float> w, std::size_t rows, std::size_t cols, double target_bpw,
+                                      const auto_config_options& opt = {}) {
+    detail::check_matrix(w, rows, cols, "choose_config");
+    std::vector<config_candidate> candidates = candidate_configs(rows, cols, target_bpw, opt);
+    if (candidates.empty()) {
+        double smallest = std::numeric_limits<double>::infinity();
+        for (const std::size_t n : opt.group_dims) {
+            if (n == 0 || n >= cols) continue;
+            matrix_config c;
+            c.group_dim = n;
+            c.pulses = 1;
+            c.gain_bits = 1;
+            c.row_scale_bits = 8;
+            c.rotate = opt.rotate;
+            smallest = std::min(smallest, make_layout(rows, cols, c).bits_per_weight());
+        }
+        throw invalid_argument(fmt::format(
+            "no PVQ configuration of a {} x {} matrix reaches {} bits per weight (the smallest is {:.4f})", rows,
+            cols, target_bpw, smallest));
+    }
+    const std::size_t sample = std::min(rows, std::max<std::size_t>(opt.sample_rows, 1));
+    std::vector<float> x(sample * cols);
+    for (std::size_t i = 0; i < sample; ++i) {
+        const std::size_t r = i * rows / sample;
+        std::copy_n(w.data() + r * cols, cols, x.data() + i * cols);
+    }
+    bool any_signal = false;
+    for (const float v : x) any_signal = any_signal || v != 0.0f;
+    const auto predict = [&](config_candidate& c) {
+        if (!any_signal) return c.predicted_sqnr_db = std::numeric_limits<double>::infinity();
+        const std::vector<float> y = quantize(x, sample, cols, c.config).dequantize();
+        return c.predicted_sqnr_db = sqnr_db(x, y);
+    };
+    // candidates come grouped by N, then gain bits ascending, then row scale bits. Within one
+    // (N, row scale bits) the SQNR rises with the gain bits until the pulses they take cost more
+    // than they give; the scan of that series stops two steps past its peak. An 8-bit row scale
+    // with the same K as the 16-bit one is skipped (same rate, coarser scale).
+    config_candidate best = candidates.front();
+    best.predicted_sqnr_db = -std::numeric_limits<double>::infinity();
+    struct series {
+        std::size_t n = 0;
+        unsigned scale_bits = 0;
+        double peak = -std::numeric_limits<double>::infinity();
+        int past_peak = 0;
+    };
+    std::vector<series> seen;
+    for (std::size_t i = 0; i < candidates.size(); ++i) {
+        config_candidate& c = candidates[i];
+        if (c.config.row_scale_bits == 8 && i + 1 < candidates.size() &&
+            candidates[i + 1].config.group_dim == c.config.group_dim &&
+            candidates[i + 1].config.gain_bits == c.config.gain_bits &&
+            candidates[i + 1].config.pulses == c.config.pulses)
+            continue;
+        auto it = std::find_if(seen.begin(), seen.end(), [&](const series& s) {
+            return s.n == c.config.group_dim && s.scale_bits == c.config.row_scale_bits;
+        });
+        if (it == seen.end()) it = seen.insert(seen.end(), series{c.config.group_dim, c.config.row_scale_bits});
+        if (it->past_peak >= 2) continue;
+        const double sqnr = predict(c);
+        if (sqnr > it->peak) {
+            it->peak = sqnr;
+            it->past_peak = 0;
+        } else {
+            ++it->past_peak;
+        }
+        if (sqnr > best.predicted_sqnr_db) best = c;
+    }
+    return best;
+}
+
+// Quantizes to the best configuration at <= target_bpw (see choose_config).
+inline quantized_matrix quantize(std::span<const float> w, std::size_t rows, std::size_t cols, double target_bpw,
+                                 const auto_config_options& opt = {}) {
+    return quantize(w, rows, cols, choose_config(w, rows, cols, target_bpw, opt).config);
+}
+
+}  // namespace svq

@@ -1,0 +1,345 @@
+// A weight matrix quantized with PVQ: quantize, dequantize, decode one row.
+//
+// Encoding one row x (cols weights, after the optional Hadamard rotation):
+//   1. every group x_j of N columns is searched onto the pyramid P(N, K) (the
+//      tail group onto P(tail, K_tail)): point y_j, unit direction
+//      u_j = y_j / ||y_j||, least-squares gain g_j = <x_j, u_j> >= 0;
+//   2. the row scale s = sqrt(sum_j g_j^2 / cols) makes the normalised gains
+//      g_j / s a sample of sqrt(cols) * sqrt(Beta(N/2, (cols - N)/2)) for
+//      Gaussian rows (their squares sum to cols), which is the density the
+//      gain quantizer Q is optimal for (scale/lloyd_max.hpp);
+//   3. codes c_j = Q(g_j / s) and s = sum g_j l_j / sum l_j^2 (l_j the level
+//      of c_j) alternate a few times: the row error
+//      sum_j (||x_j||^2 - g_j^2) + sum_j (g_j - s l_j)^2 falls at every step;
+//   4. s is stored relative to the matrix reference scale (fp16 of s / ref,
+//      or an 8-bit log code), and the codes are chosen once more for the
+//      stored s, since that is what the decoder multiplies by.
+// Decoding: x_j = s * l_j * y_j / ||y_j||, then the inverse rotation.
+#pragma once
+
+#include <svq/core/bitstream.hpp>
+#include <svq/core/half.hpp>
+#include <svq/core/wide_uint.hpp>
+#include <svq/error.hpp>
+#include <svq/matrix/layout.hpp>
+#include <svq/pvq/codec.hpp>
+#include <svq/pvq/lattice.hpp>
+#include <svq/pvq/search.hpp>
+#include <svq/rotate/hadamard_rotation.hpp>
+#include <svq/scale/lloyd_max.hpp>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <span>
+#include <utility>
+#include <vector>
+
+namespace svq {
+
+namespace detail {
+
+template <class T>
+struct type_tag {
+    using type = T;
+};
+
+// Calls f(type_tag<Index>{}) with the narrowest index type svq instantiates
+// that holds `bits` bits.
+template <class F>
+decltype(auto) with_index_type(std::size_t bits, F&& f) {
+    if (bits <= 64) return f(type_tag<std::uint64_t>{});
+    if (bits <= 128) return f(type_tag<wide_uint<128>>{});
+    if (bits <= 256) return f(type_tag<wide_uint<256>>{});
+    if (bits <= 512) return f(type_tag<wide_uint<512>>{});
+    if (bits <= 1024) return f(type_tag<wide_uint<1024>>{});
+    throw overflow_error(fmt::format("a PVQ index of {} bits is wider than the 1024 bits svq instantiates", bits));
+}
+
+// Row scales, stored relative to the matrix reference scale `ref`.
+//  16 bits: fp16 of s / ref.
+//   8 bits: code c in 1..255 means ref * 2^((c - 239) / 16) (steps of 4.4%,
+//           from ref * 2^-14.9 to ref * 2); code 0 is a zero row.
+struct row_scale_codec {
+    unsigned bits = 16;
+    float ref = 0.0f;
+
+    static constexpr int log_steps_per_octave = 16;
+    static constexpr int log_code_of_ref = 239;
+
+    std::uint32_t encode(double s) const noexcept {
+        if (!(s > 0.0) || !(ref > 0.0f)) return 0;
+        const double r = s / static_cast<double>(ref);
+        if (bits == 16) return float_to_half(static_cast<float>(r));
+        const double c = std::round(log_code_of_ref + log_steps_per_octave * std::log2(r));
+        return static_cast<std::uint32_t>(std::clamp(c, 1.0, 255.0));
+    }
+    // Throws svq::corrupt_data for an fp16 code that is negative, infinite or NaN.
+    double decode(std::uint32_t code) const {
+        if (code == 0) return 0.0;
+        if (bits == 16) {
+            const float r = half_to_float(static_cast<std::uint16_t>(code));
+            if (!std::isfinite(r) || r < 0.0f)
+                throw corrupt_data(fmt::format("row scale code {:#06x} decodes to {}", code, r));
+            return static_cast<double>(r) * static_cast<double>(ref);
+        }
+        return static_cast<double>(ref) *
+               std::exp2(static_cast<double>(static_cast<int>(code) - log_code_of_ref) / log_steps_per_octave);
+    }
+};
+
+// Encoder and decoder of the rows of one layout, for one index type. Holds the
+// lattices of the full and the tail group and the two gain quantizers.
+class row_coder {
+public:
+    virtual ~row_coder() = default;
+    // x: cols floats, already rotated, finite. Appends the row to out.
+    virtual void encode_row(const float* x, const row_scale_codec& scales, bit_writer& out) const = 0;
+    // out: cols floats (not yet inverse-rotated).
+    virtual void decode_row(const bit_reader& in, std::size_t bit_offset, const row_scale_codec& scales,
+                            float* out) const = 0;
+};
+
+// Gain quantizer of a group of `dim` weights in a row of `cols`, for gains
+// normalised by the row scale.
+inline scalar_quantizer matrix_gain_quantizer(std::size_t dim, std::size_t cols, unsigned bits) {
+    return optimal_beta_norm_quantizer(static_cast<unsigned>(dim), static_cast<unsigned>(cols), bits)
+        .scaled(std::sqrt(static_cast<double>(cols)));
+}
+
+template <IndexType Index>
+class pvq_row_coder final : public row_coder {
+public:
+    explicit pvq_row_coder(const matrix_layout& l, const search_options& search)
+        : l_(l),
+          search_(search),
+          full_(l.group_dim, l.pulses),
+          gain_(matrix_gain_quantizer(l.group_dim, l.cols, l.gain_bits)) {
+        if (l.tail_dim != 0) {
+            tail_.emplace(l.tail_dim, l.tail_pulses);
+            tail_gain_.emplace(matrix_gain_quantizer(l.tail_dim, l.cols, l.gain_bits));
+        }
+    }
+
+    void encode_row(const float* x, const row_scale_codec& scales, bit_writer& out) const override {
+        const std::size_t groups = l_.groups_per_row();
+        std::vector<int> y(l_.cols);
+        std::vector<double> scratch(pvq_search_scratch_size(l_.group_dim));
+        std::vector<double> gains(groups);
+        std::vector<std::uint32_t> codes(groups);
+        double energy = 0.0;
+        for (std::size_t j = 0; j < groups; ++j) {
+            const std::size_t first = j * l_.group_dim, dim = group_dim(j);
+            pvq_search_dispatch(x + first, nullptr, dim, static_cast<int>(group_pulses(j)), y.data() + first,
+                                search_, scratch.data());
+            gains[j] = optimal_gain(x + first, y.data() + first, dim);
+            energy += gains[j] * gains[j];
+        }
+        double s = std::sqrt(energy / static_cast<double>(l_.cols));
+        if (s > 0.0) {
+            for (int pass = 0; pass < 3; ++pass) {
+                double gl = 0.0, ll = 0.0;
+                for (std::size_t j = 0; j < groups; ++j) {
+                    const scalar_quantizer& q = quantizer(j);
+                    codes[j] = q.encode(gains[j] / s);
+                    const double level = q.levels()[codes[j]];
+                    gl += gains[j] * level;
+                    ll += level * level;
+                }
+                if (!(gl > 0.0)) break;
+                s = gl / ll;
+            }
+        }
+        const std::uint32_t scale_code = scales.encode(s);
+        const double stored = scales.decode(scale_code);
+        for (std::size_t j = 0; j < groups; ++j) codes[j] = stored > 0.0 ? quantizer(j).encode(gains[j] / stored) : 0;
+
+        out.write(scale_code, l_.row_scale_bits);
+        for (std::size_t j = 0; j < groups; ++j) {
+            const std::size_t first = j * l_.group_dim, dim = group_dim(j);
+            const std::span<const int> point(y.data() + first, dim);
+            if (j < l_.full_groups) out.write_index(full_.rank_unchecked(point), l_.index_bits);
+            else out.write_index(tail_->rank_unchecked(point), l_.tail_index_bits);
+            out.write(codes[j], l_.gain_bits);
+        }
+    }
+
+    void decode_row(const bit_reader& in, std::size_t offset, const row_scale_codec& scales,
+                    float* out) const override {
+        const double s = scales.decode(static_cast<std::uint32_t>(in.read(offset, l_.row_scale_bits)));
+        offset += l_.row_scale_bits;
+        std::vector<int> y(l_.group_dim);
+        for (std::size_t j = 0; j < l_.groups_per_row(); ++j) {
+            const bool full = j < l_.full_groups;
+            const std::size_t dim = group_dim(j), bits = full ? l_.index_bits : l_.tail_index_bits;
+            const auto index = in.read_index<Index>(offset, bits);
+            offset += bits;
+            const auto code = static_cast<std::uint32_t>(in.read(offset, l_.gain_bits));
+            offset += l_.gain_bits;
+            const std::span<int> point(y.data(), dim);
+            (full ? full_ : *tail_).unrank(index, point);  // svq::corrupt_data for an index >= V
+            const double level = quantizer(j).levels()[code];
+            const auto yy = pulse_energy(point.data(), dim);
+            const auto factor = static_cast<float>(s * level / std::sqrt(static_cast<double>(yy)));
+            scale_pulses(point.data(), factor, out + j * l_.group_dim, dim);
+        }
+    }
+
+private:
+    std::size_t group_dim(std::size_t j) const noexcept { return j < l_.full_groups ? l_.group_dim : l_.tail_dim; }
+    std::size_t group_pulses(std::size_t j) const noexcept {
+        return j < l_.full_groups ? l_.pulses : l_.tail_pulses;
+    }
+    const scalar_quantizer& quantizer(std::size_t j) const noexcept {
+        return j < l_.full_groups ? gain_ : *tail_gain_;
+    }
+
+    matrix_layout l_;
+    search_options search_;
+    pvq_lattice<Index> full_;
+    std::optional<pvq_lattice<Index>> tail_;
+    scalar_quantizer gain_;
+    std::optional<scalar_quantizer> tail_gain_;
+};
+
+inline std::shared_ptr<const row_coder> make_row_coder(const matrix_layout& l, const search_options& search) {
+    return with_index_type(l.index_bits, [&](auto tag) -> std::shared_ptr<const row_coder> {
+        return std::make_shared<pvq_row_coder<typename decltype(tag)::type>>(l, search);
+    });
+}
+
+inline void check_matrix(std::span<const float> w, std::size_t rows, std::size_t cols, const char* who) {
+    if (rows == 0 || cols == 0) throw invalid_argument(fmt::format("{}: matrix shape {} x {} is empty", who, rows, cols));
+    if (w.size() != rows * cols)
+        throw invalid_argument(
+            fmt::format("{}: {} values for a {} x {} matrix (need {})", who, w.size(), rows, cols, rows * cols));
+    for (std::size_t i = 0; i < w.size(); ++i) {
+        if (!std::isfinite(w[i]))
+            throw invalid_argument(fmt::format("{}: weight ({}, {}) = {} is not finite", who, i / cols, i % cols, w[i]));
+    }
+}
+
+// Matrix reference scale: the largest row RMS (row scales are stored relative to it).
+inline float reference_scale(std::span<const float> w, std::size_t rows, std::size_t cols) {
+    double largest = 0.0;
+    for (std::size_t r = 0; r < rows; ++r) {
+        double e = 0.0;
+        for (std::size_t c = 0; c < cols; ++c) e += static_cast<double>(w[r * cols + c]) * w[r * cols + c];
+        largest = std::max(largest, std::sqrt(e / static_cast<double>(cols)));
+    }
+    if (!(largest <= static_cast<double>(std::numeric_limits<float>::max())))
+        throw invalid_argument(fmt::format("row RMS {} does not fit in a float", largest));
+    return static_cast<float>(largest);
+}
+
+}  // namespace detail
+
+// The packed matrix: one bitstream of rows (scale, then (index, gain code) per
+// group), the reference scale and the rotation seed.
+class quantized_matrix {
+public:
+    quantized_matrix() = default;
+
+    // Rebuilds a matrix from its stored parts (what a file reader has).
+    // Throws svq::invalid_argument for a bad configuration and svq::corrupt_data
+    // when words has the wrong length or the reference scale is not finite and
+    // >= 0; a bad index or scale code inside a row throws svq::corrupt_data when
+    // that row is decoded.
+    quantized_matrix(std::size_t rows, std::size_t cols, const matrix_config& config, float reference_scale,
+                     std::vector<std::uint64_t> words)
+        : config_(config), layout_(make_layout(rows, cols, config)), words_(std::move(words)) {
+        if (words_.size() != layout_.payload_words())
+            throw corrupt_data(fmt::format("quantized matrix {} x {} ({}) needs {} words of payload, got {}", rows,
+                                           cols, to_string(config), layout_.payload_words(), words_.size()));
+        if (!std::isfinite(reference_scale) || reference_scale < 0.0f)
+            throw corrupt_data(fmt::format("reference scale {} is not finite and >= 0", reference_scale));
+        scales_ = {layout_.row_scale_bits, reference_scale};
+        coder_ = detail::make_row_coder(layout_, config_.search);
+        if (config_.rotate) rotation_.emplace(cols, config_.seed);
+    }
+
+    std::size_t rows() const noexcept { return layout_.rows; }
+    std::size_t cols() const noexcept { return layout_.cols; }
+    const matrix_config& config() const noexcept { return config_; }
+    const matrix_layout& layout() const noexcept { return layout_; }
+    float reference_scale() const noexcept { return scales_.ref; }
+    std::span<const std::uint64_t> words() const noexcept { return words_; }
+
+    // Every stored bit: the payload words, the reference scale, the seed (when rotated).
+    std::size_t stored_bits() const noexcept {
+        return words_.size() * 64 + 32 + (config_.rotate ? 8 * sizeof(config_.seed) : 0);
+    }
+    double bits_per_weight() const noexcept {
+        return static_cast<double>(stored_bits()) / static_cast<double>(rows() * cols());
+    }
+
+    // Row r (cols floats) in the original (unrotated) basis.
+    void decode_row(std::size_t r, std::span<float> out) const {
+        if (r >= rows()) throw invalid_argument(fmt::format("decode_row: row {} of a matrix of {} rows", r, rows()));
+        if (out.size() != cols())
+            throw invalid_argument(fmt::format("decode_row: output has {} entries, cols = {}", out.size(), cols()));
+        coder_->decode_row(bit_reader(words_), layout_.row_bit_offset(r), scales_, out.data());
+        if (rotation_) rotation_->inverse(out);
+    }
+
+    // All rows, row-major (rows * cols floats).
+    void dequantize(std::span<float> out) const {
+        if (out.size() != rows() * cols())
+            throw invalid_argument(
+                fmt::format("dequantize: output has {} entries, the matrix {} x {}", out.size(), rows(), cols()));
+        const bit_reader in(words_);
+        std::vector<float> scratch(rotation_ ? rotation_->scratch_size() : 0);
+        for (std::size_t r = 0; r < rows(); ++r) {
+            float* row = out.data() + r * cols();
+            coder_->decode_row(in, layout_.row_bit_offset(r), scales_, row);
+            if (rotation_) rotation_->inverse(std::span<float>(row, cols()), scratch);
+        }
+    }
+    std::vector<float> dequantize() const {
+        std::vector<float> out(rows() * cols());
+        dequantize(out);
+        return out;
+    }
+
+private:
+    matrix_config config_{};
+    matrix_layout layout_{};
+    detail::row_scale_codec scales_{};
+    std::vector<std::uint64_t> words_;
+    std::shared_ptr<const detail::row_coder> coder_;
+    std::optional<hadamard_rotation> rotation_;
+};
+
+// Quantizes a row-major rows x cols matrix with an explicit configuration.
+// Throws svq::invalid_argument for an empty or ragged shape, a non-finite
+// weight (naming its row, column and value) or a bad configuration, and
+// svq::overflow_error when the index of (N, K) needs more than 1024 bits.
+inline quantized_matrix quantize(std::span<const float> w, std::size_t rows, std::size_t cols,
+                                 const matrix_config& config) {
+    detail::check_matrix(w, rows, cols, "quantize");
+    const matrix_layout layout = make_layout(rows, cols, config);
+    const float ref = detail::reference_scale(w, rows, cols);
+    const detail::row_scale_codec scales{layout.row_scale_bits, ref};
+    const auto coder = detail::make_row_coder(layout, config.search);
+    std::optional<hadamard_rotation> rotation;
+    if (config.rotate) rotation.emplace(cols, config.seed);
+
+    bit_writer out;
+    std::vector<float> row(cols), scratch(rotation ? rotation->scratch_size() : 0);
+    for (std::size_t r = 0; r < rows; ++r) {
+        std::copy_n(w.data() + r * cols, cols, row.data());
+        if (rotation) rotation->forward(row, scratch);
+        coder->encode_row(row.data(), scales, out);
+    }
+    return quantized_matrix(rows, cols, config, ref, std::move(out).take());
+}
+
+inline std::vector<float> dequantize(const quantized_matrix& q) { return q.dequantize(); }
+
+}  // namespace svq

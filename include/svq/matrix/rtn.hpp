@@ -1,0 +1,114 @@
+// Round-to-nearest baseline: per group of G consecutive weights of a row,
+// absmax scaling to signed b-bit integers with an fp16 scale, the way ggml's
+// Q4_0 / Q8_0 family does: the weight of largest magnitude m maps exactly to
+// the integer -2^(b-1), d = m / -2^(b-1), q = clamp(round(w / d), -2^(b-1), 2^(b-1) - 1).
+// bpw = b + 16 / G (plus the shorter tail group's scale).
+#pragma once
+
+#include <svq/core/half.hpp>
+#include <svq/error.hpp>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+namespace svq {
+
+struct rtn_config {
+    unsigned bits = 4;        // 1..8
+    std::size_t group = 32;   // weights per scale
+};
+
+namespace detail {
+
+inline void check_rtn_config(const rtn_config& c) {
+    if (c.bits == 0 || c.bits > 8) throw invalid_argument(fmt::format("rtn: bits = {} must be in [1, 8]", c.bits));
+    if (c.group == 0) throw invalid_argument("rtn: group = 0 must be >= 1");
+}
+
+}  // namespace detail
+
+// The fp16-rounded scale d of a group (0 for an all-zero group).
+inline float rtn_group_scale(std::span<const float> group, unsigned bits) noexcept {
+    float m = 0.0f;
+    for (const float v : group)
+        if (std::fabs(v) > std::fabs(m)) m = v;
+    const float d = m / -static_cast<float>(1u << (bits - 1));
+    return half_to_float(float_to_half(d));
+}
+
+// The integer of w for scale d (d == 0 gives 0).
+inline int rtn_round(float w, float d, unsigned bits) noexcept {
+    if (d == 0.0f) return 0;
+    const int lo = -(1 << (bits - 1)), hi = (1 << (bits - 1)) - 1;
+    return std::clamp(static_cast<int>(std::lround(w / d)), lo, hi);
+}
+
+class rtn_matrix {
+public:
+    std::size_t rows() const noexcept { return rows_; }
+    std::size_t cols() const noexcept { return cols_; }
+    const rtn_config& config() const noexcept { return config_; }
+    std::size_t groups_per_row() const noexcept { return (cols_ + config_.group - 1) / config_.group; }
+    // Every stored bit: one b-bit integer per weight, one fp16 scale per group.
+    std::size_t stored_bits() const noexcept { return rows_ * (cols_ * config_.bits + groups_per_row() * 16); }
+    double bits_per_weight() const noexcept {
+        return static_cast<double>(stored_bits()) / static_cast<double>(rows_ * cols_);
+    }
+    std::span<const std::int8_t> codes() const noexcept { return codes_; }
+    std::span<const std::uint16_t> scales() const noexcept { return scales_; }
+
+    std::vector<float> dequantize() const {
+        std::vector<float> out(rows_ * cols_);
+        for (std::size_t r = 0; r < rows_; ++r)
+            for (std::size_t c = 0; c < cols_; ++c) {
+                const float d = half_to_float(scales_[r * groups_per_row() + c / config_.group]);
+                out[r * cols_ + c] = static_cast<float>(codes_[r * cols_ + c]) * d;
+            }
+        return out;
+    }
+
+    friend rtn_matrix rtn_quantize(std::span<const float>, std::size_t, std::size_t, const rtn_config&);
+
+private:
+    std::size_t rows_ = 0, cols_ = 0;
+    rtn_config config_{};
+    std::vector<std::int8_t> codes_;
+    std::vector<std::uint16_t> scales_;
+};
+
+// Throws svq::invalid_argument for a bad shape, a non-finite weight or a bad config.
+inline rtn_matrix rtn_quantize(std::span<const float> w, std::size_t rows, std::size_t cols, const rtn_config& config) {
+    detail::check_rtn_config(config);
+    if (rows == 0 || cols == 0) throw invalid_argument(fmt::format("rtn_quantize: matrix shape {} x {} is empty", rows, cols));
+    if (w.size() != rows * cols)
+        throw invalid_argument(fmt::format("rtn_quantize: {} values for a {} x {} matrix", w.size(), rows, cols));
+    rtn_matrix m;
+    m.rows_ = rows;
+    m.cols_ = cols;
+    m.config_ = config;
+    m.codes_.resize(rows * cols);
+    m.scales_.resize(rows * m.groups_per_row());
+    for (std::size_t r = 0; r < rows; ++r) {
+        for (std::size_t g = 0; g < m.groups_per_row(); ++g) {
+            const std::size_t first = g * config.group, n = std::min(config.group, cols - first);
+            const std::span<const float> group = w.subspan(r * cols + first, n);
+            for (std::size_t i = 0; i < n; ++i)
+                if (!std::isfinite(group[i]))
+                    throw invalid_argument(
+                        fmt::format("rtn_quantize: weight ({}, {}) = {} is not finite", r, first + i, group[i]));
+            const float d = rtn_group_scale(group, config.bits);
+            m.scales_[r * m.groups_per_row() + g] = float_to_half(d);
+            for (std::size_t i = 0; i < n; ++i)
+                m.codes_[r * cols + first + i] = static_cast<std::int8_t>(rtn_round(group[i], d, config.bits));
+        }
+    }
+    return m;
+}
+
+}  // namespace svq

@@ -1,0 +1,27 @@
+// Everything in svq, for users who do not want to pick headers.
+#pragma once
+
+#include <svq/version.hpp>
+#include <svq/error.hpp>
+#include <svq/concepts.hpp>
+
+#include <svq/core/bitstream.hpp>
+#include <svq/core/half.hpp>
+#include <svq/core/wide_uint.hpp>
+
+#include <svq/pvq/codec.hpp>
+#include <svq/pvq/count.hpp>
+#include <svq/pvq/lattice.hpp>
+#include <svq/pvq/search.hpp>
+#include <svq/pvq/shape_quantizer.hpp>
+
+#include <svq/scale/scale.hpp>
+
+#include <svq/rotate/fwht.hpp>
+#include <svq/rotate/hadamard_rotation.hpp>
+
+#include <svq/matrix/auto_config.hpp>
+#include <svq/matrix/layout.hpp>
+#include <svq/matrix/metrics.hpp>
+#include <svq/matrix/quantized_matrix.hpp>
+#include <svq/matrix/rtn.hpp>
