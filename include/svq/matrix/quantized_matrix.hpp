@@ -56,8 +56,11 @@ template <class F>
 decltype(auto) with_index_type(std::size_t bits, F&& f) {
     if (bits <= 64) return f(type_tag<std::uint64_t>{});
     if (bits <= 128) return f(type_tag<wide_uint<128>>{});
+    if (bits <= 192) return f(type_tag<wide_uint<192>>{});
     if (bits <= 256) return f(type_tag<wide_uint<256>>{});
+    if (bits <= 384) return f(type_tag<wide_uint<384>>{});
     if (bits <= 512) return f(type_tag<wide_uint<512>>{});
+    if (bits <= 768) return f(type_tag<wide_uint<768>>{});
     if (bits <= 1024) return f(type_tag<wide_uint<1024>>{});
     throw overflow_error(fmt::format("a PVQ index of {} bits is wider than the 1024 bits svq instantiates", bits));
 }
@@ -104,6 +107,17 @@ public:
     // out: cols floats (not yet inverse-rotated).
     virtual void decode_row(const bit_reader& in, std::size_t bit_offset, const row_scale_codec& scales,
                             float* out) const = 0;
+
+    // The parts encode_row is made of, for encoders that choose points and
+    // gains their own way (hessian/gptq.hpp) but keep the format.
+    // Row scale code encode_row would store for x (cols floats, rotated, finite).
+    virtual std::uint32_t row_scale_code(const float* x, const row_scale_codec& scales) const = 0;
+    // Appends one row: y: cols ints (group j's point at j * group_dim, sum |y| = that
+    // group's pulses), codes: groups_per_row gain codes (< 2^gain_bits).
+    virtual void write_row(std::uint32_t scale_code, const int* y, const std::uint32_t* codes,
+                           bit_writer& out) const = 0;
+    // Gain quantizer of group j (gains normalised by the decoded row scale).
+    virtual const scalar_quantizer& gain_quantizer(std::size_t group) const = 0;
 };
 
 // Gain quantizer of a group of `dim` weights in a row of `cols`, for gains
@@ -128,47 +142,31 @@ public:
     }
 
     void encode_row(const float* x, const row_scale_codec& scales, bit_writer& out) const override {
-        const std::size_t groups = l_.groups_per_row();
         std::vector<int> y(l_.cols);
-        std::vector<double> scratch(pvq_search_scratch_size(l_.group_dim));
-        std::vector<double> gains(groups);
-        std::vector<std::uint32_t> codes(groups);
-        double energy = 0.0;
-        for (std::size_t j = 0; j < groups; ++j) {
-            const std::size_t first = j * l_.group_dim, dim = group_dim(j);
-            pvq_search_dispatch(x + first, nullptr, dim, static_cast<int>(group_pulses(j)), y.data() + first,
-                                search_, scratch.data());
-            gains[j] = optimal_gain(x + first, y.data() + first, dim);
-            energy += gains[j] * gains[j];
-        }
-        double s = std::sqrt(energy / static_cast<double>(l_.cols));
-        if (s > 0.0) {
-            for (int pass = 0; pass < 3; ++pass) {
-                double gl = 0.0, ll = 0.0;
-                for (std::size_t j = 0; j < groups; ++j) {
-                    const scalar_quantizer& q = quantizer(j);
-                    codes[j] = q.encode(gains[j] / s);
-                    const double level = q.levels()[codes[j]];
-                    gl += gains[j] * level;
-                    ll += level * level;
-                }
-                if (!(gl > 0.0)) break;
-                s = gl / ll;
-            }
-        }
-        const std::uint32_t scale_code = scales.encode(s);
-        const double stored = scales.decode(scale_code);
-        for (std::size_t j = 0; j < groups; ++j) codes[j] = stored > 0.0 ? quantizer(j).encode(gains[j] / stored) : 0;
+        std::vector<std::uint32_t> codes(l_.groups_per_row());
+        const std::uint32_t scale_code = plan_row(x, scales, y.data(), codes.data());
+        write_row(scale_code, y.data(), codes.data(), out);
+    }
 
+    std::uint32_t row_scale_code(const float* x, const row_scale_codec& scales) const override {
+        std::vector<int> y(l_.cols);
+        std::vector<std::uint32_t> codes(l_.groups_per_row());
+        return plan_row(x, scales, y.data(), codes.data());
+    }
+
+    void write_row(std::uint32_t scale_code, const int* y, const std::uint32_t* codes,
+                   bit_writer& out) const override {
         out.write(scale_code, l_.row_scale_bits);
-        for (std::size_t j = 0; j < groups; ++j) {
+        for (std::size_t j = 0; j < l_.groups_per_row(); ++j) {
             const std::size_t first = j * l_.group_dim, dim = group_dim(j);
-            const std::span<const int> point(y.data() + first, dim);
+            const std::span<const int> point(y + first, dim);
             if (j < l_.full_groups) out.write_index(full_.rank_unchecked(point), l_.index_bits);
             else out.write_index(tail_->rank_unchecked(point), l_.tail_index_bits);
             out.write(codes[j], l_.gain_bits);
         }
     }
+
+    const scalar_quantizer& gain_quantizer(std::size_t group) const override { return quantizer(group); }
 
     void decode_row(const bit_reader& in, std::size_t offset, const row_scale_codec& scales,
                     float* out) const override {
@@ -192,6 +190,41 @@ public:
     }
 
 private:
+    // Steps 1-4 of the file comment: points y (cols ints) and gain codes
+    // (groups_per_row) of x; returns the row scale code.
+    std::uint32_t plan_row(const float* x, const row_scale_codec& scales, int* y, std::uint32_t* codes) const {
+        const std::size_t groups = l_.groups_per_row();
+        std::vector<double> scratch(pvq_search_scratch_size(l_.group_dim));
+        std::vector<double> gains(groups);
+        double energy = 0.0;
+        for (std::size_t j = 0; j < groups; ++j) {
+            const std::size_t first = j * l_.group_dim, dim = group_dim(j);
+            pvq_search_dispatch(x + first, nullptr, dim, static_cast<int>(group_pulses(j)), y + first, search_,
+                                scratch.data());
+            gains[j] = optimal_gain(x + first, y + first, dim);
+            energy += gains[j] * gains[j];
+        }
+        double s = std::sqrt(energy / static_cast<double>(l_.cols));
+        if (s > 0.0) {
+            for (int pass = 0; pass < 3; ++pass) {
+                double gl = 0.0, ll = 0.0;
+                for (std::size_t j = 0; j < groups; ++j) {
+                    const scalar_quantizer& q = quantizer(j);
+                    codes[j] = q.encode(gains[j] / s);
+                    const double level = q.levels()[codes[j]];
+                    gl += gains[j] * level;
+                    ll += level * level;
+                }
+                if (!(gl > 0.0)) break;
+                s = gl / ll;
+            }
+        }
+        const std::uint32_t scale_code = scales.encode(s);
+        const double stored = scales.decode(scale_code);
+        for (std::size_t j = 0; j < groups; ++j) codes[j] = stored > 0.0 ? quantizer(j).encode(gains[j] / stored) : 0;
+        return scale_code;
+    }
+
     std::size_t group_dim(std::size_t j) const noexcept { return j < l_.full_groups ? l_.group_dim : l_.tail_dim; }
     std::size_t group_pulses(std::size_t j) const noexcept {
         return j < l_.full_groups ? l_.pulses : l_.tail_pulses;
