@@ -20,6 +20,9 @@
 #include <svq/rotate/fwht.hpp>
 #include <svq/rotate/hadamard_rotation.hpp>
 
+#include <svq/hessian/calibration.hpp>
+#include <svq/hessian/gptq.hpp>
+
 #include <svq/matrix/auto_config.hpp>
 #include <svq/matrix/layout.hpp>
 #include <svq/matrix/metrics.hpp>

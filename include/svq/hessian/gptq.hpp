@@ -1,0 +1,510 @@
+// Hessian-weighted PVQ (GPTQ-style blocked search) and the GPTQ-RTN baseline.
+//
+// The layer's output error over the calibration tokens is the proxy loss
+// tr(dW H dW^T), H = X^T X / n (calibration.hpp). Columns are quantized left to
+// right, one PVQ group (N columns) per row at a time; the error of a group is
+// fed into the columns not yet quantized by the optimal (least-squares)
+// correction, which the upper Cholesky factor U of H^-1 (H^-1 = U^T U) gives
+// in closed form. With G the group's columns and R those after it:
+//   err   = (x - q) T,        T = U_GG^-1            (the group's scaled error)
+//   W_R  -= err U_GR                                  (error feedback)
+//   loss  = sum over groups of ||err||^2              (exact: tr(dW H dW^T))
+// so inside a group the metric is M = T T^T = (U_GG^T U_GG)^-1. The search
+// uses its diagonal approximation 1/U_ii^2 (pvq_search_weighted); the gain is
+// the exact minimiser under M, g* = <x T, u T> / <u T, u T> (u = y / ||y||),
+// then coded by the matrix's gain quantizer for the row scale, and the value
+// fed back is exactly what the decoder will produce. Updates are lazy: within
+// a block of ~128 columns they reach only the block; the rest of the matrix
+// gets one GEMM per block, W[:, b1:] -= Err U[b0:b1, b1:] (Eigen).
+//
+// Row scale: it must be known before the first group. It is the row scale the
+// plain encoder would store for the (rotated) row (a first plain pass), so the
+// gains stay on the levels the gain quantizer was built for; the codes are then
+// chosen group by group for that stored scale.
+//
+// Rotation: with config.rotate the rows of W are rotated with the config's
+// seeded hadamard_rotation and H is conjugated, R H R^T, so the loss is the same
+// in the rotated basis, where quantization runs; the output is the ordinary
+// quantized_matrix (same packed format and decoder as quantize(w, config)).
+//
+// With H = c I the factor U is diagonal with equal entries: the feedback is
+// exactly zero, the weights are equal (pvq_search_weighted runs the plain
+// search), the gain is the plain least-squares gain and the row scale is the
+// plain one, so the codes equal the plain quantizer's (tests/test_hessian.cpp).
+// A scaled identity is not conjugated (R c I R^T = c I), which keeps that exact
+// with rotation too.
+#pragma once
+
+#include <svq/error.hpp>
+#include <svq/hessian/calibration.hpp>
+#include <svq/matrix/auto_config.hpp>
+#include <svq/matrix/layout.hpp>
+#include <svq/matrix/quantized_matrix.hpp>
+#include <svq/matrix/rtn.hpp>
+#include <svq/pvq/codec.hpp>
+#include <svq/pvq/search.hpp>
+#include <svq/rotate/hadamard_rotation.hpp>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <optional>
+#include <span>
+#include <thread>
+#include <vector>
+
+namespace svq {
+
+struct gptq_options {
+    // Lazy-batch width in columns, rounded down to whole groups (at least one group).
+    std::size_t block_columns = 128;
+    // Rows are split over this many threads (0: std::thread::hardware_concurrency()).
+    // Rows are independent given H, so the result does not depend on it.
+    unsigned threads = 1;
+    // Gain from the full group metric (U_GG^T U_GG)^-1 (true) or from its diagonal only.
+    bool full_metric_gain = true;
+    // The Hessian choose_config also tries the candidates with the rotation
+    // switched the other way from auto_config_options::rotate (one more factor of H).
+    bool try_both_rotations = true;
+    // Test hook: called after each block with (first column, end column, the
+    // working matrix: rows x cols row-major doubles in the basis quantization
+    // runs in, columns < end quantized, the rest updated by the feedback).
+    // Setting it runs on one thread.
+    std::function<void(std::size_t, std::size_t, std::span<const double>)> on_block;
+};
+
+namespace detail {
+
+// True when h (dim x dim) is exactly c I for some c.
+inline bool is_scaled_identity(std::span<const double> h, std::size_t dim) noexcept {
+    for (std::size_t i = 0; i < dim; ++i)
+        for (std::size_t j = 0; j < dim; ++j)
+            if (i == j ? h[i * dim + j] != h[0] : h[i * dim + j] != 0.0) return false;
+    return true;
+}
+
+// U upper triangular with U^T U = H^-1 (GPTQ's factor), without forming H^-1:
+// with J the reversal permutation and J H J = L L^T (Eigen LLT),
+// H = (J L J)(J L J)^T, so H^-1 = (J L^-1 J)^T (J L^-1 J) and U = J L^-1 J
+// (upper triangular, positive diagonal: the unique Cholesky factor).
+// Throws svq::invalid_argument when H is not positive definite.
+inline Eigen::MatrixXd inverse_hessian_factor(std::span<const double> h, std::size_t dim, const char* who) {
+    const auto n = static_cast<Eigen::Index>(dim);
+    Eigen::MatrixXd a = Eigen::Map<const row_major_matrix>(h.data(), n, n).reverse();
+    Eigen::LLT<Eigen::Ref<Eigen::MatrixXd>> llt(a);
+    if (llt.info() != Eigen::Success) check_positive_definite(h, dim, who);  // throws with the details
+    if (llt.info() != Eigen::Success)
+        throw invalid_argument(fmt::format("{}: the reversed {} x {} Hessian is not positive definite", who, dim, dim));
+    Eigen::MatrixXd u = Eigen::MatrixXd::Identity(n, n);
+    llt.matrixL().solveInPlace(u);
+    u = u.reverse().eval();
+    u.triangularView<Eigen::StrictlyLower>().setZero();
+    return u;
+}
+
+// Calls f(first, end) on `threads` contiguous slices of [0, n), the first on this thread.
+template <class F>
+void parallel_slices(std::size_t n, unsigned threads, F&& f) {
+    if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+    const std::size_t t = std::min<std::size_t>(threads, std::max<std::size_t>(n, 1));
+    if (t <= 1) {
+        f(std::size_t{0}, n);
+        return;
+    }
+    std::vector<std::thread> pool;
+    for (std::size_t k = 1; k < t; ++k) pool.emplace_back([&f, k, n, t] { f(k * n / t, (k + 1) * n / t); });
+    f(std::size_t{0}, n / t);
+    for (std::thread& th : pool) th.join();
+}
+
+// H in the basis quantization runs in (rotated when the config rotates).
+inline std::vector<double> working_hessian(std::span<const double> h, std::size_t cols,
+                                           const std::optional<hadamard_rotation>& rotation) {
+    std::vector<double> hw(h.begin(), h.end());
+    if (rotation && !is_scaled_identity(h, cols)) rotation->conjugate(hw);
+    return hw;
+}
+
+// What the blocked search needs to know about one group of columns.
+struct gptq_group {
+    std::size_t first = 0, dim = 0;
+    int pulses = 0;
+    Eigen::MatrixXd t;             // U_GG^-1, dim x dim upper triangular
+    std::vector<float> weights;    // search metric ~ 1 / U_ii^2, scaled so the largest U_ii gives 1
+    bool plain = false;            // U_GG = c I: plain search and least-squares gain
+    bool diagonal = false;         // U_GG diagonal
+};
+
+inline gptq_group make_gptq_group(const Eigen::MatrixXd& u, std::size_t first, std::size_t dim, std::size_t pulses) {
+    gptq_group g;
+    g.first = first;
+    g.dim = dim;
+    g.pulses = static_cast<int>(pulses);
+    const auto f = static_cast<Eigen::Index>(first), d = static_cast<Eigen::Index>(dim);
+    const auto block = u.block(f, f, d, d);
+    g.t = Eigen::MatrixXd::Identity(d, d);
+    block.triangularView<Eigen::Upper>().solveInPlace(g.t);
+    double largest = 0.0;
+    for (Eigen::Index i = 0; i < d; ++i) largest = std::max(largest, block(i, i));
+    g.weights.resize(dim);
+    bool equal = true, diagonal = true;
+    for (Eigen::Index i = 0; i < d; ++i) {
+        const double ratio = largest / block(i, i);
+        g.weights[static_cast<std::size_t>(i)] =
+            static_cast<float>(std::min(ratio * ratio, static_cast<double>(std::numeric_limits<float>::max())));
+        equal = equal && block(i, i) == block(0, 0);
+        for (Eigen::Index j = i + 1; j < d; ++j) diagonal = diagonal && block(i, j) == 0.0;
+    }
+    g.diagonal = diagonal;
+    g.plain = diagonal && equal;
+    return g;
+}
+
+}  // namespace detail
+
+namespace detail {
+
+// The factor U of the Hessian in the basis quantization runs in.
+inline Eigen::MatrixXd working_factor(std::span<const double> h, std::size_t cols,
+                                      const std::optional<hadamard_rotation>& rotation, const char* who) {
+    const std::vector<double> hw = working_hessian(h, cols, rotation);
+    return inverse_hessian_factor(hw, cols, who);
+}
+
+// The blocked search on rows already rotated: wf rows x cols floats, u the
+// factor for that basis. Returns the packed payload words.
+inline std::vector<std::uint64_t> gptq_encode(const std::vector<float>& wf, std::size_t rows, std::size_t cols,
+                                              const Eigen::MatrixXd& u, const matrix_config& config, float ref,
+                                              const gptq_options& options) {
+    const matrix_layout layout = make_layout(rows, cols, config);
+    const row_scale_codec scales{layout.row_scale_bits, ref};
+    const auto coder = make_row_coder(layout, config.search);
+    const auto r_count = static_cast<Eigen::Index>(rows), c_count = static_cast<Eigen::Index>(cols);
+    row_major_matrix work =
+        Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(wf.data(), r_count,
+                                                                                               c_count)
+            .cast<double>();
+    const std::size_t groups = layout.groups_per_row();
+    std::vector<gptq_group> group_info;
+    group_info.reserve(groups);
+    for (std::size_t j = 0; j < groups; ++j) {
+        const bool full = j < layout.full_groups;
+        group_info.push_back(make_gptq_group(u, j * layout.group_dim, full ? layout.group_dim : layout.tail_dim,
+                                                     full ? layout.pulses : layout.tail_pulses));
+    }
+    const std::size_t block_groups = std::max<std::size_t>(1, options.block_columns / layout.group_dim);
+
+    std::vector<std::uint32_t> scale_codes(rows), codes(rows * groups);
+    std::vector<int> points(rows * cols);
+    const unsigned threads = options.on_block ? 1u : options.threads;
+
+    // Rows [r0, r1): everything below is independent across rows.
+    const auto run_rows = [&](std::size_t r0, std::size_t r1) {
+        if (r1 <= r0) return;
+        const auto nr = static_cast<Eigen::Index>(r1 - r0);
+        std::vector<double> scratch(detail::pvq_search_scratch_size(layout.group_dim));
+        std::vector<double> stored(r1 - r0);
+        for (std::size_t r = r0; r < r1; ++r) {
+            scale_codes[r] = coder->row_scale_code(wf.data() + r * cols, scales);
+            stored[r - r0] = scales.decode(scale_codes[r]);
+        }
+        auto rows_view = work.middleRows(static_cast<Eigen::Index>(r0), nr);
+        std::vector<float> x(layout.group_dim);
+        detail::row_major_matrix xg, ug, a, b, e, err;
+        for (std::size_t g0 = 0; g0 < groups; g0 += block_groups) {
+            const std::size_t g1 = std::min(groups, g0 + block_groups);
+            const std::size_t b0 = group_info[g0].first;
+            const std::size_t b1 = g1 < groups ? group_info[g1].first : cols;
+            const auto bw = static_cast<Eigen::Index>(b1 - b0);
+            err.setZero(nr, bw);
+            for (std::size_t j = g0; j < g1; ++j) {
+                const detail::gptq_group& g = group_info[j];
+                const auto f = static_cast<Eigen::Index>(g.first), d = static_cast<Eigen::Index>(g.dim);
+                const scalar_quantizer& q = coder->gain_quantizer(j);
+                xg = rows_view.middleCols(f, d);
+                ug.resize(nr, d);
+                for (std::size_t r = r0; r < r1; ++r) {
+                    const auto i = static_cast<Eigen::Index>(r - r0);
+                    for (Eigen::Index k = 0; k < d; ++k) x[static_cast<std::size_t>(k)] = static_cast<float>(xg(i, k));
+                    int* y = points.data() + r * cols + g.first;
+                    detail::pvq_search_dispatch(x.data(), g.weights.data(), g.dim, g.pulses, y, config.search,
+                                                scratch.data());
+                    const double norm = std::sqrt(static_cast<double>(detail::pulse_energy(y, g.dim)));
+                    for (Eigen::Index k = 0; k < d; ++k) ug(i, k) = y[k] / norm;
+                }
+                if (!g.plain) {
+                    if (options.full_metric_gain) {
+                        a.noalias() = xg * g.t.triangularView<Eigen::Upper>();
+                        b.noalias() = ug * g.t.triangularView<Eigen::Upper>();
+                    } else {
+                        const Eigen::VectorXd diag = g.t.diagonal();
+                        a = xg * diag.asDiagonal();
+                        b = ug * diag.asDiagonal();
+                    }
+                }
+                e.resize(nr, d);
+                for (std::size_t r = r0; r < r1; ++r) {
+                    const auto i = static_cast<Eigen::Index>(r - r0);
+                    const int* y = points.data() + r * cols + g.first;
+                    double gain;
+                    if (g.plain) {
+                        for (Eigen::Index k = 0; k < d; ++k)
+                            x[static_cast<std::size_t>(k)] = static_cast<float>(xg(i, k));
+                        gain = detail::optimal_gain(x.data(), y, g.dim);
+                    } else {
+                        const double bb = b.row(i).squaredNorm();
+                        gain = bb > 0.0 ? std::max(0.0, a.row(i).dot(b.row(i)) / bb) : 0.0;
+                    }
+                    const double s = stored[r - r0];
+                    const std::uint32_t code = s > 0.0 ? q.encode(gain / s) : 0;
+                    codes[r * groups + j] = code;
+                    // Exactly what decode_row computes.
+                    const double yy = static_cast<double>(detail::pulse_energy(y, g.dim));
+                    const auto factor = static_cast<float>(s * q.levels()[code] / std::sqrt(yy));
+                    for (Eigen::Index k = 0; k < d; ++k) {
+                        const double value = static_cast<double>(static_cast<float>(y[k]) * factor);
+                        e(i, k) = xg(i, k) - value;
+                        rows_view(i, f + k) = value;
+                    }
+                }
+                auto err_g = err.middleCols(f - static_cast<Eigen::Index>(b0), d);
+                if (g.plain) err_g = e / u(f, f);  // T = I / U_ii
+                else err_g.noalias() = e * g.t.triangularView<Eigen::Upper>();
+                const auto rest = static_cast<Eigen::Index>(b1) - (f + d);
+                if (rest > 0)
+                    rows_view.middleCols(f + d, rest).noalias() -= err_g * u.block(f, f + d, d, rest);
+            }
+            const auto tail = static_cast<Eigen::Index>(cols - b1);
+            if (tail > 0)
+                rows_view.rightCols(tail).noalias() -=
+                    err * u.block(static_cast<Eigen::Index>(b0), static_cast<Eigen::Index>(b1), bw, tail);
+            if (options.on_block) options.on_block(b0, b1, std::span<const double>(work.data(), rows * cols));
+        }
+    };
+    parallel_slices(rows, threads, run_rows);
+
+    bit_writer out;
+    for (std::size_t r = 0; r < rows; ++r)
+        coder->write_row(scale_codes[r], points.data() + r * cols, codes.data() + r * groups, out);
+    return std::move(out).take();
+}
+
+}  // namespace detail
+
+// Quantizes w (rows x cols, row-major) to minimise the proxy loss
+// tr(dW H dW^T); h: cols x cols row-major, symmetric positive definite (damp
+// it first: hessian_accumulator::damped_hessian or damp_hessian). Same packed
+// output as quantize(w, rows, cols, config). Throws svq::invalid_argument for
+// a bad matrix or configuration (as the plain quantize), a Hessian of the wrong
+// size, with a non-finite entry, or not positive definite.
+inline quantized_matrix quantize(std::span<const float> w, std::size_t rows, std::size_t cols,
+                                 std::span<const double> h, const matrix_config& config,
+                                 const gptq_options& options = {}) {
+    detail::check_matrix(w, rows, cols, "quantize (Hessian)");
+    detail::check_hessian_shape(h, cols, "quantize (Hessian)");
+    (void)make_layout(rows, cols, config);  // configuration errors before the O(cols^3) factor
+    const float ref = detail::reference_scale(w, rows, cols);
+    std::optional<hadamard_rotation> rotation;
+    if (config.rotate) rotation.emplace(cols, config.seed);
+    std::vector<float> wf(w.begin(), w.end());
+    if (rotation) rotation->forward_rows(wf, rows);
+    const Eigen::MatrixXd u = detail::working_factor(h, cols, rotation, "quantize (Hessian)");
+    return quantized_matrix(rows, cols, config, ref, detail::gptq_encode(wf, rows, cols, u, config, ref, options));
+}
+
+// The candidate configuration (candidate_configs: the largest K for each N,
+// gain width and row scale width at <= target_bpw) whose Hessian quantization
+// of sample rows has the smallest proxy loss. Unlike choose_config (plain
+// SQNR), this sees that feedback favours small groups: on correlated
+// activations N = 8..16 wins where the plain criterion picks N = 128.
+// Throws as choose_config and as the Hessian quantize.
+inline config_candidate choose_config(std::span<const float> w, std::size_t rows, std::size_t cols,
+                                      std::span<const double> h, double target_bpw,
+                                      const auto_config_options& opt = {}, const gptq_options& options = {}) {
+    detail::check_matrix(w, rows, cols, "choose_config (Hessian)");
+    detail::check_hessian_shape(h, cols, "choose_config (Hessian)");
+    std::vector<config_candidate> candidates = candidate_configs(rows, cols, target_bpw, opt);
+    if (candidates.empty()) return choose_config(w, rows, cols, target_bpw, opt);  // throws the plain message
+    const std::size_t sample = std::min(rows, std::max<std::size_t>(opt.sample_rows, 1));
+    std::vector<float> x(sample * cols);
+    for (std::size_t i = 0; i < sample; ++i) std::copy_n(w.data() + (i * rows / sample) * cols, cols, x.data() + i * cols);
+    const float ref = detail::reference_scale(x, sample, cols);
+    // Sample rows in each basis tried and the factor for it.
+    struct basis {
+        bool rotate;
+        std::vector<float> rows;
+        Eigen::MatrixXd u;
+    };
+    std::vector<basis> bases;
+    for (const bool rotate : {opt.rotate, !opt.rotate}) {
+        if (rotate != opt.rotate && !options.try_both_rotations) continue;
+        std::optional<hadamard_rotation> rotation;
+        if (rotate) rotation.emplace(cols, opt.seed);
+        std::vector<float> xf = x;
+        if (rotation) rotation->forward_rows(xf, sample);
+        bases.push_back({rotate, std::move(xf), detail::working_factor(h, cols, rotation, "choose_config (Hessian)")});
+    }
+    if (bases.size() == 2) {  // the same candidates with the rotation the other way (its seed costs 64 bits or saves them)
+        auto_config_options other = opt;
+        other.rotate = !opt.rotate;
+        const std::vector<config_candidate> more = candidate_configs(rows, cols, target_bpw, other);
+        candidates.insert(candidates.end(), more.begin(), more.end());
+    }
+    gptq_options sample_options = options;
+    sample_options.on_block = nullptr;
+    // Within one (N, row scale bits) series (gain bits ascending) the scan stops two steps past the best.
+    struct series {
+        std::size_t n = 0;
+        unsigned scale_bits = 0;
+        bool rotate = false;
+        double best = std::numeric_limits<double>::infinity();
+        int past_best = 0;
+    };
+    std::vector<series> seen;
+    config_candidate best = candidates.front();
+    double best_loss = std::numeric_limits<double>::infinity();
+    for (config_candidate& c : candidates) {
+        auto it = std::find_if(seen.begin(), seen.end(), [&](const series& s) {
+            return s.n == c.config.group_dim && s.scale_bits == c.config.row_scale_bits && s.rotate == c.config.rotate;
+        });
+        if (it == seen.end())
+            it = seen.insert(seen.end(), series{c.config.group_dim, c.config.row_scale_bits, c.config.rotate});
+        if (it->past_best >= 2) continue;
+        const basis& b = c.config.rotate == bases.front().rotate ? bases.front() : bases.back();
+        const quantized_matrix q(sample, cols, c.config, ref,
+                                 detail::gptq_encode(b.rows, sample, cols, b.u, c.config, ref, sample_options));
+        const double loss = proxy_loss(x, q.dequantize(), sample, cols, h);
+        c.predicted_sqnr_db = std::numeric_limits<double>::quiet_NaN();  // not measured here
+        if (loss < it->best) {
+            it->best = loss;
+            it->past_best = 0;
+        } else {
+            ++it->past_best;
+        }
+        if (loss < best_loss) {
+            best_loss = loss;
+            best = c;
+        }
+    }
+    return best;
+}
+
+// The configuration the Hessian choose_config picks at <= target_bpw, then the
+// Hessian quantizer above.
+inline quantized_matrix quantize(std::span<const float> w, std::size_t rows, std::size_t cols,
+                                 std::span<const double> h, double target_bpw, const auto_config_options& opt = {},
+                                 const gptq_options& options = {}) {
+    return quantize(w, rows, cols, h, choose_config(w, rows, cols, h, target_bpw, opt, options).config, options);
+}
+
+// GPTQ with round-to-nearest int-b groups (the baseline): the rtn_matrix format
+// (absmax int-b per group of config.group with an fp16 scale), codes chosen
+// column by column with the same error feedback. Each group's scale comes from
+// its current values (after the feedback so far) when its first column is reached.
+class gptq_rtn_matrix {
+public:
+    std::size_t rows() const noexcept { return rows_; }
+    std::size_t cols() const noexcept { return cols_; }
+    const rtn_config& config() const noexcept { return config_; }
+    std::size_t groups_per_row() const noexcept { return (cols_ + config_.group - 1) / config_.group; }
+    // Every stored bit, as rtn_matrix: b bits per weight and an fp16 scale per group.
+    std::size_t stored_bits() const noexcept { return rows_ * (cols_ * config_.bits + groups_per_row() * 16); }
+    double bits_per_weight() const noexcept {
+        return static_cast<double>(stored_bits()) / static_cast<double>(rows_ * cols_);
+    }
+    std::span<const std::int8_t> codes() const noexcept { return codes_; }        // rows * cols
+    std::span<const std::uint16_t> scales() const noexcept { return scales_; }    // rows * groups_per_row(), fp16
+
+    std::vector<float> dequantize() const {
+        std::vector<float> out(rows_ * cols_);
+        for (std::size_t r = 0; r < rows_; ++r)
+            for (std::size_t c = 0; c < cols_; ++c)
+                out[r * cols_ + c] = static_cast<float>(codes_[r * cols_ + c]) *
+                                     half_to_float(scales_[r * groups_per_row() + c / config_.group]);
+        return out;
+    }
+
+    friend gptq_rtn_matrix gptq_rtn_quantize(std::span<const float>, std::size_t, std::size_t,
+                                             std::span<const double>, const rtn_config&, const gptq_options&);
+
+private:
+    std::size_t rows_ = 0, cols_ = 0;
+    rtn_config config_{};
+    std::vector<std::int8_t> codes_;
+    std::vector<std::uint16_t> scales_;
+};
+
+// Throws svq::invalid_argument for a bad shape, weight, configuration or Hessian.
+inline gptq_rtn_matrix gptq_rtn_quantize(std::span<const float> w, std::size_t rows, std::size_t cols,
+                                         std::span<const double> h, const rtn_config& config,
+                                         const gptq_options& options = {}) {
+    detail::check_rtn_config(config);
+    detail::check_matrix(w, rows, cols, "gptq_rtn_quantize");
+    detail::check_hessian_shape(h, cols, "gptq_rtn_quantize");
+    // Row-major: the column loop reads rows of U.
+    const detail::row_major_matrix u = detail::inverse_hessian_factor(h, cols, "gptq_rtn_quantize");
+    gptq_rtn_matrix m;
+    m.rows_ = rows;
+    m.cols_ = cols;
+    m.config_ = config;
+    m.codes_.resize(rows * cols);
+    m.scales_.resize(rows * m.groups_per_row());
+    const std::size_t groups = m.groups_per_row();
+    const std::size_t block = std::max<std::size_t>(1, options.block_columns / config.group) * config.group;
+    const auto r_count = static_cast<Eigen::Index>(rows), c_count = static_cast<Eigen::Index>(cols);
+    detail::row_major_matrix work =
+        Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(w.data(), r_count,
+                                                                                               c_count)
+            .cast<double>();
+    const unsigned threads = options.on_block ? 1u : options.threads;
+
+    const auto run_rows = [&](std::size_t r0, std::size_t r1) {
+        if (r1 <= r0) return;
+        const auto nr = static_cast<Eigen::Index>(r1 - r0);
+        auto rows_view = work.middleRows(static_cast<Eigen::Index>(r0), nr);
+        detail::row_major_matrix err;
+        std::vector<float> group_values(config.group);
+        for (std::size_t b0 = 0; b0 < cols; b0 += block) {
+            const std::size_t b1 = std::min(cols, b0 + block);
+            const auto bw = static_cast<Eigen::Index>(b1 - b0);
+            err.setZero(nr, bw);
+            for (std::size_t r = r0; r < r1; ++r) {
+                const auto i = static_cast<Eigen::Index>(r - r0);
+                float d = 0.0f;
+                for (std::size_t c = b0; c < b1; ++c) {
+                    const auto cc = static_cast<Eigen::Index>(c);
+                    if (c % config.group == 0) {
+                        const std::size_t n = std::min(config.group, cols - c);
+                        for (std::size_t k = 0; k < n; ++k)
+                            group_values[k] = static_cast<float>(rows_view(i, cc + static_cast<Eigen::Index>(k)));
+                        d = rtn_group_scale(std::span<const float>(group_values.data(), n), config.bits);
+                        m.scales_[r * groups + c / config.group] = float_to_half(d);
+                    }
+                    const double current = rows_view(i, cc);
+                    const int code = rtn_round(static_cast<float>(current), d, config.bits);
+                    m.codes_[r * cols + c] = static_cast<std::int8_t>(code);
+                    const double value = static_cast<double>(static_cast<float>(code) * d);
+                    const double e = (current - value) / u(cc, cc);
+                    err(i, cc - static_cast<Eigen::Index>(b0)) = e;
+                    rows_view(i, cc) = value;
+                    const auto rest = static_cast<Eigen::Index>(b1 - c - 1);
+                    if (rest > 0) rows_view.row(i).segment(cc + 1, rest) -= e * u.row(cc).segment(cc + 1, rest);
+                }
+            }
+            const auto tail = static_cast<Eigen::Index>(cols - b1);
+            if (tail > 0)
+                rows_view.rightCols(tail).noalias() -=
+                    err * u.block(static_cast<Eigen::Index>(b0), static_cast<Eigen::Index>(b1), bw, tail);
+            if (options.on_block) options.on_block(b0, b1, std::span<const double>(work.data(), rows * cols));
+        }
+    };
+    detail::parallel_slices(rows, threads, run_rows);
+    return m;
+}
+
+}  // namespace svq
