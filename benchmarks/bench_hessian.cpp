@@ -79,7 +79,7 @@ void BM_quantize_gptq_rtn(benchmark::State& state) {
     opt.threads = static_cast<unsigned>(state.range(0));
     double bpw = 0;
     for (auto _ : state) {
-        const svq::gptq_rtn_matrix q = svq::gptq_rtn_quantize(weights(), side, side, hessian(), {3, 32}, opt);
+        const svq::rtn_matrix q = svq::gptq_rtn_quantize(weights(), side, side, hessian(), {3, 32}, opt);
         bpw = q.bits_per_weight();
         benchmark::DoNotOptimize(q.codes().data());
     }

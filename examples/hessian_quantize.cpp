@@ -199,7 +199,7 @@ int main(int argc, char** argv) try {
                 const svq::rtn_matrix rtn = svq::rtn_quantize(d.w, d.rows, d.cols, *rc);
                 add("rtn", config, rtn.bits_per_weight(), rtn.dequantize(), seconds());
                 t0 = clock_type::now();
-                const svq::gptq_rtn_matrix g = svq::gptq_rtn_quantize(d.w, d.rows, d.cols, hq, *rc, gopt);
+                const svq::rtn_matrix g = svq::gptq_rtn_quantize(d.w, d.rows, d.cols, hq, *rc, gopt);
                 add("gptq-rtn", config, g.bits_per_weight(), g.dequantize(), seconds());
             }
         }

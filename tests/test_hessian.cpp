@@ -228,7 +228,7 @@ TEST_CASE("GPTQ-RTN feedback is the exact least-squares update, block by block",
     opt.on_block = [&](std::size_t first, std::size_t end, std::span<const double> state) {
         states.push_back({first, end, as_dense(state, rows, cols)});
     };
-    const svq::gptq_rtn_matrix q = svq::gptq_rtn_quantize(w, rows, cols, h, {3, 32}, opt);
+    const svq::rtn_matrix q = svq::gptq_rtn_quantize(w, rows, cols, h, {3, 32}, opt);
     REQUIRE(states.size() == 3);
     check_feedback(as_dense(std::span<const float>(w), rows, cols), as_dense(std::span<const double>(h), cols, cols),
                    states);
@@ -238,7 +238,7 @@ TEST_CASE("GPTQ-RTN feedback is the exact least-squares update, block by block",
     CHECK(q.stored_bits() == rows * (cols * 3 + 3 * 16));
     for (const std::int8_t c : q.codes()) CHECK((c >= -4 && c <= 3));
     // With H = I, GPTQ-RTN is RTN.
-    const svq::gptq_rtn_matrix same = svq::gptq_rtn_quantize(w, rows, cols, identity(cols), {3, 32});
+    const svq::rtn_matrix same = svq::gptq_rtn_quantize(w, rows, cols, identity(cols), {3, 32});
     const svq::rtn_matrix plain = svq::rtn_quantize(w, rows, cols, {3, 32});
     CHECK(std::equal(same.codes().begin(), same.codes().end(), plain.codes().begin(), plain.codes().end()));
     CHECK(std::equal(same.scales().begin(), same.scales().end(), plain.scales().begin(), plain.scales().end()));

@@ -6,16 +6,7 @@
 
 #include <svq/rotate/seeded_random.hpp>
 
-// Eigen's AVX-512 code trips GCC 12's -Wmaybe-uninitialized (GCC bug 105593).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <Eigen/Core>
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+#include <svq/core/eigen.hpp>
 
 #include <cmath>
 #include <cstddef>

@@ -12,18 +12,7 @@
 
 #include <svq/error.hpp>
 
-// Eigen's AVX-512 packet code trips GCC 12's -Wmaybe-uninitialized (GCC bug
-// 105593); silenced for Eigen's own code only (as in hadamard_rotation.hpp).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <Eigen/Cholesky>
-#include <Eigen/Core>
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+#include <svq/core/eigen.hpp>
 #include <fmt/format.h>
 
 #include <algorithm>

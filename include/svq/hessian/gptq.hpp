@@ -402,45 +402,12 @@ inline quantized_matrix quantize(std::span<const float> w, std::size_t rows, std
     return quantize(w, rows, cols, h, choose_config(w, rows, cols, h, target_bpw, opt, options).config, options);
 }
 
-// GPTQ with round-to-nearest int-b groups (the baseline): the rtn_matrix format
+// GPTQ with round-to-nearest int-b groups (the baseline), returned as an rtn_matrix
 // (absmax int-b per group of config.group with an fp16 scale), codes chosen
 // column by column with the same error feedback. Each group's scale comes from
 // its current values (after the feedback so far) when its first column is reached.
-class gptq_rtn_matrix {
-public:
-    std::size_t rows() const noexcept { return rows_; }
-    std::size_t cols() const noexcept { return cols_; }
-    const rtn_config& config() const noexcept { return config_; }
-    std::size_t groups_per_row() const noexcept { return (cols_ + config_.group - 1) / config_.group; }
-    // Every stored bit, as rtn_matrix: b bits per weight and an fp16 scale per group.
-    std::size_t stored_bits() const noexcept { return rows_ * (cols_ * config_.bits + groups_per_row() * 16); }
-    double bits_per_weight() const noexcept {
-        return static_cast<double>(stored_bits()) / static_cast<double>(rows_ * cols_);
-    }
-    std::span<const std::int8_t> codes() const noexcept { return codes_; }        // rows * cols
-    std::span<const std::uint16_t> scales() const noexcept { return scales_; }    // rows * groups_per_row(), fp16
-
-    std::vector<float> dequantize() const {
-        std::vector<float> out(rows_ * cols_);
-        for (std::size_t r = 0; r < rows_; ++r)
-            for (std::size_t c = 0; c < cols_; ++c)
-                out[r * cols_ + c] = static_cast<float>(codes_[r * cols_ + c]) *
-                                     half_to_float(scales_[r * groups_per_row() + c / config_.group]);
-        return out;
-    }
-
-    friend gptq_rtn_matrix gptq_rtn_quantize(std::span<const float>, std::size_t, std::size_t,
-                                             std::span<const double>, const rtn_config&, const gptq_options&);
-
-private:
-    std::size_t rows_ = 0, cols_ = 0;
-    rtn_config config_{};
-    std::vector<std::int8_t> codes_;
-    std::vector<std::uint16_t> scales_;
-};
-
 // Throws svq::invalid_argument for a bad shape, weight, configuration or Hessian.
-inline gptq_rtn_matrix gptq_rtn_quantize(std::span<const float> w, std::size_t rows, std::size_t cols,
+inline rtn_matrix gptq_rtn_quantize(std::span<const float> w, std::size_t rows, std::size_t cols,
                                          std::span<const double> h, const rtn_config& config,
                                          const gptq_options& options = {}) {
     detail::check_rtn_config(config);
@@ -448,13 +415,9 @@ inline gptq_rtn_matrix gptq_rtn_quantize(std::span<const float> w, std::size_t r
     detail::check_hessian_shape(h, cols, "gptq_rtn_quantize");
     // Row-major: the column loop reads rows of U.
     const detail::row_major_matrix u = detail::inverse_hessian_factor(h, cols, "gptq_rtn_quantize");
-    gptq_rtn_matrix m;
-    m.rows_ = rows;
-    m.cols_ = cols;
-    m.config_ = config;
-    m.codes_.resize(rows * cols);
-    m.scales_.resize(rows * m.groups_per_row());
-    const std::size_t groups = m.groups_per_row();
+    const std::size_t groups = (cols + config.group - 1) / config.group;
+    std::vector<std::int8_t> codes(rows * cols);
+    std::vector<std::uint16_t> scales(rows * groups);
     const std::size_t block = std::max<std::size_t>(1, options.block_columns / config.group) * config.group;
     const auto r_count = static_cast<Eigen::Index>(rows), c_count = static_cast<Eigen::Index>(cols);
     detail::row_major_matrix work =
@@ -483,11 +446,11 @@ inline gptq_rtn_matrix gptq_rtn_quantize(std::span<const float> w, std::size_t r
                         for (std::size_t k = 0; k < n; ++k)
                             group_values[k] = static_cast<float>(rows_view(i, cc + static_cast<Eigen::Index>(k)));
                         d = rtn_group_scale(std::span<const float>(group_values.data(), n), config.bits);
-                        m.scales_[r * groups + c / config.group] = float_to_half(d);
+                        scales[r * groups + c / config.group] = float_to_half(d);
                     }
                     const double current = rows_view(i, cc);
                     const int code = rtn_round(static_cast<float>(current), d, config.bits);
-                    m.codes_[r * cols + c] = static_cast<std::int8_t>(code);
+                    codes[r * cols + c] = static_cast<std::int8_t>(code);
                     const double value = static_cast<double>(static_cast<float>(code) * d);
                     const double e = (current - value) / u(cc, cc);
                     err(i, cc - static_cast<Eigen::Index>(b0)) = e;
@@ -504,7 +467,7 @@ inline gptq_rtn_matrix gptq_rtn_quantize(std::span<const float> w, std::size_t r
         }
     };
     detail::parallel_slices(rows, threads, run_rows);
-    return m;
+    return rtn_matrix(rows, cols, config, std::move(codes), std::move(scales));
 }
 
 }  // namespace svq

@@ -15,6 +15,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <utility>
 #include <vector>
 
 namespace svq {
@@ -51,6 +52,23 @@ inline int rtn_round(float w, float d, unsigned bits) noexcept {
 
 class rtn_matrix {
 public:
+    rtn_matrix() = default;
+    // From stored parts: codes rows * cols (each in [-2^(b-1), 2^(b-1))), scales rows *
+    // groups_per_row() fp16 values. Throws svq::invalid_argument for a bad config or shape,
+    // svq::corrupt_data for wrong lengths or a code out of range.
+    rtn_matrix(std::size_t rows, std::size_t cols, const rtn_config& config, std::vector<std::int8_t> codes,
+               std::vector<std::uint16_t> scales)
+        : rows_(rows), cols_(cols), config_(config), codes_(std::move(codes)), scales_(std::move(scales)) {
+        detail::check_rtn_config(config);
+        if (rows == 0 || cols == 0) throw invalid_argument(fmt::format("rtn_matrix: shape {} x {} is empty", rows, cols));
+        if (codes_.size() != rows * cols || scales_.size() != rows * groups_per_row())
+            throw corrupt_data(fmt::format("rtn_matrix {} x {}: {} codes and {} scales, need {} and {}", rows, cols,
+                                           codes_.size(), scales_.size(), rows * cols, rows * groups_per_row()));
+        const int lo = -(1 << (config.bits - 1)), hi = (1 << (config.bits - 1)) - 1;
+        for (std::size_t i = 0; i < codes_.size(); ++i)
+            if (codes_[i] < lo || codes_[i] > hi)
+                throw corrupt_data(fmt::format("rtn_matrix: code {} at {} outside [{}, {}]", int{codes_[i]}, i, lo, hi));
+    }
     std::size_t rows() const noexcept { return rows_; }
     std::size_t cols() const noexcept { return cols_; }
     const rtn_config& config() const noexcept { return config_; }

@@ -26,19 +26,7 @@
 #include <svq/rotate/seeded_random.hpp>
 #include <svq/simd/compat.hpp>
 
-// Eigen's AVX-512 packet code calls intrinsics whose GCC 12 definitions
-// trip -Wmaybe-uninitialized (GCC bug 105593) wherever they are inlined;
-// silenced for Eigen's own code only, which must be included first for it.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-#include <Eigen/Core>
-#include <Eigen/QR>
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+#include <svq/core/eigen.hpp>
 #include <fmt/format.h>
 
 #include <algorithm>
