@@ -68,6 +68,9 @@ struct gptq_options {
     unsigned threads = 1;
     // Gain from the full group metric (U_GG^T U_GG)^-1 (true) or from its diagonal only.
     bool full_metric_gain = true;
+    // After the diagonal-metric search, refine the point by single-pulse moves under the
+    // full group metric (detail::refine_full_metric).
+    bool full_metric_search = true;
     // The Hessian choose_config also tries the candidates with the rotation
     // switched the other way from auto_config_options::rotate (one more factor of H).
     bool try_both_rotations = true;
@@ -135,6 +138,7 @@ struct gptq_group {
     std::size_t first = 0, dim = 0;
     int pulses = 0;
     Eigen::MatrixXd t;             // U_GG^-1, dim x dim upper triangular
+    Eigen::MatrixXd m;             // the group metric T T^T (only when not diagonal)
     std::vector<float> weights;    // search metric ~ 1 / U_ii^2, scaled so the largest U_ii gives 1
     bool plain = false;            // U_GG = c I: plain search and least-squares gain
     bool diagonal = false;         // U_GG diagonal
@@ -162,7 +166,70 @@ inline gptq_group make_gptq_group(const Eigen::MatrixXd& u, std::size_t first, s
     }
     g.diagonal = diagonal;
     g.plain = diagonal && equal;
+    if (!diagonal) g.m = g.t * g.t.transpose();
     return g;
+}
+
+// Refines a pyramid point y (sum |y| = K) for the full group metric M: moves single
+// pulses (one off coordinate a, one onto b with the sign y_b has, or either sign where
+// y_b = 0) while (x'My)^2 / y'My, the loss reduction of the best gain, rises with
+// x'My > 0. Each candidate move is O(1) from Mx and My; an accepted move updates My
+// in O(dim). The diagonal search that precedes it (pvq_search_weighted with the
+// diagonal of M) leaves the cross terms of M aside; this pass takes them in.
+inline double refine_full_metric(const float* x, const Eigen::MatrixXd& m, int* y, std::size_t dim,
+                               std::vector<double>& mx, std::vector<double>& my, int max_passes = 32) {
+    const auto d = static_cast<Eigen::Index>(dim);
+    mx.assign(dim, 0.0);
+    my.assign(dim, 0.0);
+    for (Eigen::Index i = 0; i < d; ++i)
+        for (Eigen::Index j = 0; j < d; ++j) {
+            mx[static_cast<std::size_t>(i)] += m(i, j) * static_cast<double>(x[j]);
+            my[static_cast<std::size_t>(i)] += m(i, j) * static_cast<double>(y[j]);
+        }
+    double xy = 0.0, yy = 0.0;
+    for (std::size_t i = 0; i < dim; ++i) {
+        xy += static_cast<double>(y[i]) * mx[i];
+        yy += static_cast<double>(y[i]) * my[i];
+    }
+    for (int pass = 0; pass < max_passes; ++pass) {
+        bool moved = false;
+        for (std::size_t a = 0; a < dim; ++a) {
+            if (y[a] == 0) continue;
+            const double sa = y[a] > 0 ? 1.0 : -1.0;
+            double best_xy = xy, best_yy = yy;
+            std::size_t best_b = dim;
+            double best_s = 0.0;
+            for (std::size_t b = 0; b < dim; ++b) {
+                if (b == a) continue;
+                for (const double s : {1.0, -1.0}) {
+                    if (y[b] != 0 && (y[b] > 0) != (s > 0)) continue;
+                    const auto ai = static_cast<Eigen::Index>(a), bi = static_cast<Eigen::Index>(b);
+                    const double nxy = xy + s * mx[b] - sa * mx[a];
+                    const double nyy = yy + 2.0 * (s * my[b] - sa * my[a]) + m(bi, bi) + m(ai, ai) -
+                                       2.0 * s * sa * m(ai, bi);
+                    if (!(nxy > 0.0) || !(nyy > 0.0)) continue;
+                    // nxy^2 / nyy > best_xy^2 / best_yy, with a margin against rounding.
+                    if (nxy * nxy * best_yy > best_xy * best_xy * nyy * (1.0 + 1e-12)) {
+                        best_xy = nxy;
+                        best_yy = nyy;
+                        best_b = b;
+                        best_s = s;
+                    }
+                }
+            }
+            if (best_b == dim) continue;
+            y[a] -= static_cast<int>(sa);
+            y[best_b] += static_cast<int>(best_s);
+            for (Eigen::Index i = 0; i < d; ++i)
+                my[static_cast<std::size_t>(i)] += best_s * m(i, static_cast<Eigen::Index>(best_b)) -
+                                                   sa * m(i, static_cast<Eigen::Index>(a));
+            xy = best_xy;
+            yy = best_yy;
+            moved = true;
+        }
+        if (!moved) break;
+    }
+    return xy > 0.0 && yy > 0.0 ? xy * xy / yy : 0.0;
 }
 
 }  // namespace detail
@@ -215,6 +282,8 @@ inline std::vector<std::uint64_t> gptq_encode(const std::vector<float>& wf, std:
         }
         auto rows_view = work.middleRows(static_cast<Eigen::Index>(r0), nr);
         std::vector<float> x(layout.group_dim);
+        std::vector<double> mx, my;
+        std::vector<int> other;
         detail::row_major_matrix xg, ug, a, b, e, err;
         for (std::size_t g0 = 0; g0 < groups; g0 += block_groups) {
             const std::size_t g1 = std::min(groups, g0 + block_groups);
@@ -234,6 +303,16 @@ inline std::vector<std::uint64_t> gptq_encode(const std::vector<float>& wf, std:
                     int* y = points.data() + r * cols + g.first;
                     detail::pvq_search_dispatch(x.data(), g.weights.data(), g.dim, g.pulses, y, config.search,
                                                 scratch.data());
+                    if (!g.diagonal && options.full_metric_search) {
+                        // Two starts, the diagonal-metric point and the plain (Euclidean) one,
+                        // each refined under the full metric; the better one is kept.
+                        const double first = detail::refine_full_metric(x.data(), g.m, y, g.dim, mx, my);
+                        other.resize(g.dim);
+                        detail::pvq_search_dispatch(x.data(), nullptr, g.dim, g.pulses, other.data(), config.search,
+                                                    scratch.data());
+                        if (detail::refine_full_metric(x.data(), g.m, other.data(), g.dim, mx, my) > first)
+                            std::copy(other.begin(), other.end(), y);
+                    }
                     const double norm = std::sqrt(static_cast<double>(detail::pulse_energy(y, g.dim)));
                     for (Eigen::Index k = 0; k < d; ++k) ug(i, k) = y[k] / norm;
                 }
@@ -330,7 +409,7 @@ inline config_candidate choose_config(std::span<const float> w, std::size_t rows
     detail::check_hessian_shape(h, cols, "choose_config (Hessian)");
     std::vector<config_candidate> candidates = candidate_configs(rows, cols, target_bpw, opt);
     if (candidates.empty()) return choose_config(w, rows, cols, target_bpw, opt);  // throws the plain message
-    const std::size_t sample = std::min(rows, std::max<std::size_t>(opt.sample_rows, 1));
+    const std::size_t sample = opt.sample_count(rows, cols);
     std::vector<float> x(sample * cols);
     for (std::size_t i = 0; i < sample; ++i) std::copy_n(w.data() + (i * rows / sample) * cols, cols, x.data() + i * cols);
     const float ref = detail::reference_scale(x, sample, cols);

@@ -31,7 +31,15 @@ struct auto_config_options {
     unsigned min_gain_bits = 1;
     unsigned max_gain_bits = 8;
     std::vector<unsigned> row_scale_bits = {8, 16};
-    std::size_t sample_rows = 16;  // rows encoded to predict each candidate's SQNR
+    // Rows encoded to predict each candidate's SQNR: at least sample_rows, and enough rows
+    // for sample_weights weights (all rows of a small matrix), evenly spaced.
+    std::size_t sample_rows = 16;
+    std::size_t sample_weights = 65536;
+
+    std::size_t sample_count(std::size_t rows, std::size_t cols) const noexcept {
+        const std::size_t by_weights = cols > 0 ? (sample_weights + cols - 1) / cols : 1;
+        return std::min(rows, std::max<std::size_t>({sample_rows, by_weights, 1}));
+    }
     bool rotate = true;
     std::uint64_t seed = matrix_config{}.seed;
     search_options search{};
@@ -128,7 +136,7 @@ inline config_candidate choose_config(std::span<const float> w, std::size_t rows
             "no PVQ configuration of a {} x {} matrix reaches {} bits per weight (the smallest is {:.4f})", rows,
             cols, target_bpw, smallest));
     }
-    const std::size_t sample = std::min(rows, std::max<std::size_t>(opt.sample_rows, 1));
+    const std::size_t sample = opt.sample_count(rows, cols);
     std::vector<float> x(sample * cols);
     for (std::size_t i = 0; i < sample; ++i) {
         const std::size_t r = i * rows / sample;
