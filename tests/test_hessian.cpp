@@ -296,3 +296,33 @@ TEST_CASE("Hessian quantize rejects bad Hessians", "[hessian]") {
     nan_w[2 * 32 + 1] = std::numeric_limits<float>::quiet_NaN();
     CHECK_THROWS_WITH(svq::quantize(nan_w, 4, 32, identity(32), c), Catch::Contains("weight (2, 1) = nan"));
 }
+
+TEST_CASE("trying more row scales never raises the proxy loss of any row") {
+    const std::size_t rows = 12, cols = 64;
+    const std::vector<float> w = svq::examples::student_t_matrix(rows, cols, 4, 41);
+    std::vector<float> x(512 * cols);
+    svq::detail::normal_sampler normal(42);
+    for (std::size_t t = 0; t < 512; ++t) {
+        const double common = normal.next();
+        for (std::size_t c = 0; c < cols; ++c)
+            x[t * cols + c] = static_cast<float>(normal.next() + (c % 4 == 0 ? 3.0 : 0.5) * common);
+    }
+    svq::hessian_accumulator acc(cols);
+    acc.add(x, 512);
+    const std::vector<double> h = acc.damped_hessian();
+    svq::matrix_config c;
+    c.group_dim = 16;
+    c.pulses = 22;
+    c.gain_bits = 3;
+    svq::gptq_options one, three;
+    three.row_scale_factors = {1.0, 0.9, 1.1};
+    const std::vector<float> a = svq::quantize(w, rows, cols, h, c, one).dequantize();
+    const std::vector<float> b = svq::quantize(w, rows, cols, h, c, three).dequantize();
+    for (std::size_t r = 0; r < rows; ++r) {
+        const std::span<const float> wr(w.data() + r * cols, cols);
+        const double la = svq::proxy_loss(wr, std::span<const float>(a.data() + r * cols, cols), 1, cols, h);
+        const double lb = svq::proxy_loss(wr, std::span<const float>(b.data() + r * cols, cols), 1, cols, h);
+        INFO("row " << r);
+        CHECK(lb <= la * (1.0 + 1e-9));
+    }
+}

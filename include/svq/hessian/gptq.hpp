@@ -71,6 +71,9 @@ struct gptq_options {
     // After the diagonal-metric search, refine the point by single-pulse moves under the
     // full group metric (detail::refine_full_metric).
     bool full_metric_search = true;
+    // Row scales tried: factors of the plain encoder's row scale; each row keeps the one
+    // with the smallest proxy loss (one complete pass per factor). The first entry runs first.
+    std::vector<double> row_scale_factors = {1.0};
     // The Hessian choose_config also tries the candidates with the rotation
     // switched the other way from auto_config_options::rotate (one more factor of H).
     bool try_both_rotations = true;
@@ -268,7 +271,10 @@ inline std::vector<std::uint64_t> gptq_encode(const std::vector<float>& wf, std:
 
     std::vector<std::uint32_t> scale_codes(rows), codes(rows * groups);
     std::vector<int> points(rows * cols);
+    std::vector<double> row_loss(rows);
     const unsigned threads = options.on_block ? 1u : options.threads;
+    double scale_factor = 1.0;
+    const row_major_matrix original = options.row_scale_factors.size() > 1 ? work : row_major_matrix();
 
     // Rows [r0, r1): everything below is independent across rows.
     const auto run_rows = [&](std::size_t r0, std::size_t r1) {
@@ -278,7 +284,9 @@ inline std::vector<std::uint64_t> gptq_encode(const std::vector<float>& wf, std:
         std::vector<double> stored(r1 - r0);
         for (std::size_t r = r0; r < r1; ++r) {
             scale_codes[r] = coder->row_scale_code(wf.data() + r * cols, scales);
+            if (scale_factor != 1.0) scale_codes[r] = scales.encode(scales.decode(scale_codes[r]) * scale_factor);
             stored[r - r0] = scales.decode(scale_codes[r]);
+            row_loss[r] = 0.0;
         }
         auto rows_view = work.middleRows(static_cast<Eigen::Index>(r0), nr);
         std::vector<float> x(layout.group_dim);
@@ -354,6 +362,7 @@ inline std::vector<std::uint64_t> gptq_encode(const std::vector<float>& wf, std:
                 auto err_g = err.middleCols(f - static_cast<Eigen::Index>(b0), d);
                 if (g.plain) err_g = e / u(f, f);  // T = I / U_ii
                 else err_g.noalias() = e * g.t.triangularView<Eigen::Upper>();
+                for (Eigen::Index i = 0; i < nr; ++i) row_loss[r0 + static_cast<std::size_t>(i)] += err_g.row(i).squaredNorm();
                 const auto rest = static_cast<Eigen::Index>(b1) - (f + d);
                 if (rest > 0)
                     rows_view.middleCols(f + d, rest).noalias() -= err_g * u.block(f, f + d, d, rest);
@@ -365,7 +374,33 @@ inline std::vector<std::uint64_t> gptq_encode(const std::vector<float>& wf, std:
             if (options.on_block) options.on_block(b0, b1, std::span<const double>(work.data(), rows * cols));
         }
     };
-    parallel_slices(rows, threads, run_rows);
+    // Each row scale factor is a complete pass; every row keeps the pass with its smallest
+    // loss sum_groups ||err||^2 (rows are independent given H, so this is exact per row).
+    std::vector<std::uint32_t> best_scale_codes, best_codes;
+    std::vector<int> best_points;
+    std::vector<double> best_loss;
+    for (std::size_t f = 0; f < std::max<std::size_t>(1, options.row_scale_factors.size()); ++f) {
+        scale_factor = options.row_scale_factors.empty() ? 1.0 : options.row_scale_factors[f];
+        if (f > 0) work = original;
+        parallel_slices(rows, threads, run_rows);
+        if (f == 0) {
+            best_scale_codes = scale_codes;
+            best_codes = codes;
+            best_points = points;
+            best_loss = row_loss;
+            continue;
+        }
+        for (std::size_t r = 0; r < rows; ++r) {
+            if (!(row_loss[r] < best_loss[r])) continue;
+            best_loss[r] = row_loss[r];
+            best_scale_codes[r] = scale_codes[r];
+            std::copy_n(codes.data() + r * groups, groups, best_codes.data() + r * groups);
+            std::copy_n(points.data() + r * cols, cols, best_points.data() + r * cols);
+        }
+    }
+    scale_codes = std::move(best_scale_codes);
+    codes = std::move(best_codes);
+    points = std::move(best_points);
 
     bit_writer out;
     for (std::size_t r = 0; r < rows; ++r)
