@@ -2,7 +2,7 @@
 
 #include <svq/rotate/hadamard_rotation.hpp>
 
-#include <Eigen/Core>
+#include <svq/core/eigen.hpp>
 
 #include <cmath>
 #include <cstddef>

@@ -18,7 +18,7 @@
 #include <svq/error.hpp>
 
 #include <fmt/format.h>
-#include <Eigen/Core>
+#include <svq/core/eigen.hpp>
 
 #include <algorithm>
 #include <array>
