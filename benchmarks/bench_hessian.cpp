@@ -13,6 +13,8 @@
 #include <svq/matrix/auto_config.hpp>
 #include <svq/matrix/quantized_matrix.hpp>
 
+#include "bench_main.hpp"
+
 #include <benchmark/benchmark.h>
 
 #include <vector>
@@ -93,4 +95,4 @@ BENCHMARK(BM_quantize_plain)->Iterations(1)->Unit(benchmark::kSecond)->UseRealTi
 BENCHMARK(BM_quantize_hessian)->Arg(1)->Arg(2)->Iterations(1)->Unit(benchmark::kSecond)->UseRealTime();
 BENCHMARK(BM_quantize_gptq_rtn)->Arg(2)->Iterations(1)->Unit(benchmark::kSecond)->UseRealTime();
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) { return svq::bench::main(argc, argv); }

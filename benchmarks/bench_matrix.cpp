@@ -12,6 +12,8 @@
 #include <svq/matrix/rtn.hpp>
 #include <svq/simd/compat.hpp>
 
+#include "bench_main.hpp"
+
 #include <benchmark/benchmark.h>
 #include <fmt/format.h>
 
@@ -108,12 +110,5 @@ BENCHMARK(bm_quantize)->Arg(2)->Arg(3)->Arg(4)->Iterations(1)->Unit(benchmark::k
 BENCHMARK(bm_dequantize)->Arg(2)->Arg(3)->Arg(4)->Unit(benchmark::kMillisecond)->UseRealTime();
 
 int main(int argc, char** argv) {
-    benchmark::AddCustomContext("xsimd_arch", std::string(svq::simd::arch_name()));
-    benchmark::AddCustomContext("matrix", fmt::format("{} x {} iid N(0,1), one thread", side, side));
-    benchmark::AddCustomContext("item", "one weight (items_per_second = weights/s)");
-    benchmark::Initialize(&argc, argv);
-    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-    benchmark::RunSpecifiedBenchmarks();
-    benchmark::Shutdown();
-    return 0;
+    return svq::bench::main(argc, argv, {{"matrix", fmt::format("{} x {} iid N(0,1), one thread", side, side)}});
 }

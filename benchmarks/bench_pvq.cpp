@@ -16,6 +16,8 @@
 #include <svq/pvq/search.hpp>
 #include <svq/simd/compat.hpp>
 
+#include "bench_main.hpp"
+
 #include <benchmark/benchmark.h>
 #include <fmt/format.h>
 
@@ -153,13 +155,5 @@ int main(int argc, char** argv) {
     register_size<svq::wide_uint<192>>(64, 96, keep);
     register_size<svq::wide_uint<384>>(128, 187, keep);
 
-    benchmark::AddCustomContext("xsimd_arch", std::string(svq::simd::arch_name()));
-    benchmark::AddCustomContext("xsimd_version",
-                                fmt::format("{}.{}.{}", XSIMD_VERSION_MAJOR, XSIMD_VERSION_MINOR, XSIMD_VERSION_PATCH));
-    benchmark::AddCustomContext("item", "one weight (items_per_second = weights/s)");
-    benchmark::Initialize(&argc, argv);
-    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-    benchmark::RunSpecifiedBenchmarks();
-    benchmark::Shutdown();
-    return 0;
+    return svq::bench::main(argc, argv);
 }
