@@ -120,29 +120,4 @@ inline matrix_layout make_layout(std::size_t rows, std::size_t cols, const matri
     return l;
 }
 
-// bits(K) = pvq_index_bits(dim, K) for K = 0, 1, ... while bits(K) <= max_bits
-// (one column recurrence instead of a count per K; used to search configurations).
-inline std::vector<std::size_t> pvq_index_bits_by_pulses(std::size_t dim, std::size_t max_bits) {
-    using big = wide_uint<1088>;  // counts up to 2^1024 plus headroom; stop before overflow
-    if (max_bits > 1024) throw invalid_argument(fmt::format("pvq_index_bits_by_pulses: max_bits {} > 1024", max_bits));
-    std::vector<big> column(dim + 1, big(1u));  // V(n, 0) = 1
-    std::vector<std::size_t> bits = {0};
-    for (std::size_t k = 1;; ++k) {
-        // New column V(n, k) from the old V(n, k-1): V(n,k) = V(n-1,k) + V(n,k-1) + V(n-1,k-1).
-        big prev_old = column[0];
-        column[0] = big(0u);
-        for (std::size_t n = 1; n <= dim; ++n) {
-            const big old_here = column[n];
-            column[n] = column[n - 1] + old_here + prev_old;
-            prev_old = old_here;
-        }
-        big minus_one = column[dim];
-        --minus_one;
-        const std::size_t b = minus_one.bit_width();
-        if (b > max_bits) break;
-        bits.push_back(b);
-    }
-    return bits;
-}
-
 }  // namespace svq

@@ -91,8 +91,6 @@ public:
         return out;
     }
 
-    friend rtn_matrix rtn_quantize(std::span<const float>, std::size_t, std::size_t, const rtn_config&);
-
 private:
     std::size_t rows_ = 0, cols_ = 0;
     rtn_config config_{};
@@ -106,14 +104,11 @@ inline rtn_matrix rtn_quantize(std::span<const float> w, std::size_t rows, std::
     if (rows == 0 || cols == 0) throw invalid_argument(fmt::format("rtn_quantize: matrix shape {} x {} is empty", rows, cols));
     if (w.size() != rows * cols)
         throw invalid_argument(fmt::format("rtn_quantize: {} values for a {} x {} matrix", w.size(), rows, cols));
-    rtn_matrix m;
-    m.rows_ = rows;
-    m.cols_ = cols;
-    m.config_ = config;
-    m.codes_.resize(rows * cols);
-    m.scales_.resize(rows * m.groups_per_row());
+    const std::size_t groups = (cols + config.group - 1) / config.group;
+    std::vector<std::int8_t> codes(rows * cols);
+    std::vector<std::uint16_t> scales(rows * groups);
     for (std::size_t r = 0; r < rows; ++r) {
-        for (std::size_t g = 0; g < m.groups_per_row(); ++g) {
+        for (std::size_t g = 0; g < groups; ++g) {
             const std::size_t first = g * config.group, n = std::min(config.group, cols - first);
             const std::span<const float> group = w.subspan(r * cols + first, n);
             for (std::size_t i = 0; i < n; ++i)
@@ -121,12 +116,12 @@ inline rtn_matrix rtn_quantize(std::span<const float> w, std::size_t rows, std::
                     throw invalid_argument(
                         fmt::format("rtn_quantize: weight ({}, {}) = {} is not finite", r, first + i, group[i]));
             const float d = rtn_group_scale(group, config.bits);
-            m.scales_[r * m.groups_per_row() + g] = float_to_half(d);
+            scales[r * groups + g] = float_to_half(d);
             for (std::size_t i = 0; i < n; ++i)
-                m.codes_[r * cols + first + i] = static_cast<std::int8_t>(rtn_round(group[i], d, config.bits));
+                codes[r * cols + first + i] = static_cast<std::int8_t>(rtn_round(group[i], d, config.bits));
         }
     }
-    return m;
+    return rtn_matrix(rows, cols, config, std::move(codes), std::move(scales));
 }
 
 }  // namespace svq
