@@ -65,6 +65,7 @@ void BM_quantize_hessian(benchmark::State& state) {
     (void)hessian();  // built outside the timing
     svq::gptq_options opt;
     opt.threads = static_cast<unsigned>(state.range(0));
+    opt.refine_passes = static_cast<int>(state.range(1));
     double bpw = 0;
     for (auto _ : state) {
         const svq::quantized_matrix q = svq::quantize(weights(), side, side, hessian(), c, opt);
@@ -92,7 +93,8 @@ void BM_quantize_gptq_rtn(benchmark::State& state) {
 }  // namespace
 
 BENCHMARK(BM_quantize_plain)->Iterations(1)->Unit(benchmark::kSecond)->UseRealTime();
-BENCHMARK(BM_quantize_hessian)->Arg(1)->Arg(2)->Iterations(1)->Unit(benchmark::kSecond)->UseRealTime();
+// Args: threads, refine passes (gptq_options::refine_passes; 0 = the blocked search alone).
+BENCHMARK(BM_quantize_hessian)->ArgNames({"threads", "refine"})->Args({1, 0})->Args({1, 2})->Args({2, 2})->Iterations(1)->Unit(benchmark::kSecond)->UseRealTime();
 BENCHMARK(BM_quantize_gptq_rtn)->Arg(2)->Iterations(1)->Unit(benchmark::kSecond)->UseRealTime();
 
 int main(int argc, char** argv) { return svq::bench::main(argc, argv); }

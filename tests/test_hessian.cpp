@@ -201,6 +201,7 @@ TEST_CASE("Hessian PVQ feedback is the exact least-squares update, block by bloc
         svq::gptq_options opt;
         opt.block_columns = 16;
         opt.full_metric_gain = full_metric;
+        opt.refine_passes = 0;  // the hook sees the blocked search; refinement is tested below
         opt.on_block = [&](std::size_t first, std::size_t end, std::span<const double> state) {
             states.push_back({first, end, as_dense(state, rows, cols)});
         };
@@ -215,6 +216,38 @@ TEST_CASE("Hessian PVQ feedback is the exact least-squares update, block by bloc
         // And the final loss is below the plain quantizer's for the same configuration.
         const std::vector<float> plain = svq::quantize(w, rows, cols, explicit_config(8, 10, 4, false)).dequantize();
         CHECK(svq::proxy_loss(w, decoded, rows, cols, h) < svq::proxy_loss(w, plain, rows, cols, h));
+    }
+}
+
+TEST_CASE("coordinate-descent refinement never raises the proxy loss of a row", "[hessian]") {
+    const std::size_t rows = 16, cols = 96;  // groups of 16 and 32, blocks of 32 columns: lazy updates across blocks
+    const std::vector<float> w = svq::examples::student_t_matrix(rows, cols, 4, 51);
+    const std::vector<double> h = calibrated_hessian(400, cols, 52);
+    for (const svq::matrix_config& config :
+         {explicit_config(16, 22, 3, false), explicit_config(32, 40, 2, true), explicit_config(16, 22, 3, true)}) {
+        CAPTURE(svq::to_string(config));
+        double before = 0.0, after = 0.0;
+        std::vector<std::vector<float>> decoded;
+        for (const int passes : {0, 1, 3}) {
+            svq::gptq_options opt;
+            opt.block_columns = 32;
+            opt.refine_passes = passes;
+            opt.threads = passes == 3 ? 2 : 1;
+            decoded.push_back(svq::quantize(w, rows, cols, h, config, opt).dequantize());
+        }
+        for (std::size_t r = 0; r < rows; ++r) {
+            const std::span<const float> wr(w.data() + r * cols, cols);
+            double loss[3];
+            for (std::size_t k = 0; k < 3; ++k)
+                loss[k] = svq::proxy_loss(wr, std::span<const float>(decoded[k].data() + r * cols, cols), 1, cols, h);
+            INFO("row " << r);
+            CHECK(loss[1] <= loss[0] * (1.0 + 1e-9));
+            CHECK(loss[2] <= loss[1] * (1.0 + 1e-9));
+            before += loss[0];
+            after += loss[2];
+        }
+        // And it finds something: the total falls by a measured margin (>= 2% on this set).
+        CHECK(after < 0.98 * before);
     }
 }
 
@@ -315,6 +348,7 @@ TEST_CASE("trying more row scales never raises the proxy loss of any row") {
     c.pulses = 22;
     c.gain_bits = 3;
     svq::gptq_options one, three;
+    one.refine_passes = three.refine_passes = 0;  // the blocked search's own choice
     three.row_scale_factors = {1.0, 0.9, 1.1};
     const std::vector<float> a = svq::quantize(w, rows, cols, h, c, one).dequantize();
     const std::vector<float> b = svq::quantize(w, rows, cols, h, c, three).dequantize();

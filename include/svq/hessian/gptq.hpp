@@ -74,6 +74,11 @@ struct gptq_options {
     // Row scales tried: factors of the plain encoder's row scale; each row keeps the one
     // with the smallest proxy loss (one complete pass per factor). The first entry runs first.
     std::vector<double> row_scale_factors = {1.0};
+    // Passes of coordinate descent after the blocked search (detail::refine_groups):
+    // each group of each row is searched again for the exact proxy loss with every
+    // other group of its row fixed, and kept only when that loss falls. The blocked
+    // search sees only the groups before a group; this sees both sides. 0: none.
+    int refine_passes = 2;
     // The Hessian choose_config also tries the candidates with the rotation
     // switched the other way from auto_config_options::rotate (one more factor of H).
     bool try_both_rotations = true;
@@ -239,18 +244,234 @@ inline double refine_full_metric(const float* x, const Eigen::MatrixXd& m, int* 
 
 namespace detail {
 
-// The factor U of the Hessian in the basis quantization runs in.
-inline Eigen::MatrixXd working_factor(std::span<const double> h, std::size_t cols,
-                                      const std::optional<hadamard_rotation>& rotation, const char* who) {
+// The Hessian in the basis quantization runs in, and its factor U.
+struct working_metric {
+    row_major_matrix h;
+    Eigen::MatrixXd u;
+};
+inline working_metric make_working_metric(std::span<const double> h, std::size_t cols,
+                                          const std::optional<hadamard_rotation>& rotation, const char* who) {
     const std::vector<double> hw = working_hessian(h, cols, rotation);
-    return inverse_hessian_factor(hw, cols, who);
+    working_metric m;
+    m.u = inverse_hessian_factor(hw, cols, who);
+    const auto n = static_cast<Eigen::Index>(cols);
+    m.h = Eigen::Map<const row_major_matrix>(hw.data(), n, n);
+    return m;
+}
+
+// Coordinate descent on the codes of a finished matrix for the exact proxy loss
+// (gptq_options::refine_passes). For one row with error e = x - q the loss is
+// e'He. With every group but G fixed it is e_G' M e_G + 2 e_G' b + const, with
+// M = H_GG and b = (eH)_G - M e_G the pull of the other groups' errors, so the
+// best q_G is the point nearest to the target t = x_G + M^-1 b in the metric M.
+// Candidates: the current point, and the current point, the diagonal-metric
+// search point and the plain search point of t, each refined under M
+// (refine_full_metric); each gets the gain code nearest to g* = u'Mt / u'Mu for
+// the row's stored scale (the loss is a parabola in the gain), and the lowest
+// exact loss replaces the current one only when it is lower: the loss never
+// rises. Before each sweep the row scale is refitted the same way: for fixed
+// points and gain codes the loss is the parabola x'Hx - 2 s x'Hv + s^2 v'Hv in
+// s (v: the row decoded with scale 1), compared at the code of s* = x'Hv / v'Hv,
+// its two neighbours and the current code.
+// eH is kept current lazily: inside a block of columns after every group, the
+// rest of the row with one GEMM per block (as the blocked search does); xH is
+// computed once, and vH = (xH - eH) / s follows from it.
+// wf: the rotated rows (rows x cols), hw: H in that basis (row-major cols x cols);
+// scale_codes, points and codes are updated in place.
+inline void refine_groups(const std::vector<float>& wf, std::size_t rows, std::size_t cols, const row_major_matrix& hw,
+                          const matrix_layout& layout, const row_coder& coder, const search_options& search,
+                          const row_scale_codec& scales, std::vector<std::uint32_t>& scale_codes,
+                          std::vector<int>& points, std::vector<std::uint32_t>& codes, int passes,
+                          std::size_t block_columns, unsigned threads) {
+    if (passes <= 0) return;
+    const std::size_t groups = layout.groups_per_row();
+    struct group_metric {
+        std::size_t first = 0, dim = 0;
+        int pulses = 0;
+        Eigen::MatrixXd m;
+        Eigen::LLT<Eigen::MatrixXd> llt;
+        std::vector<float> weights;
+    };
+    std::vector<group_metric> info(groups);
+    for (std::size_t j = 0; j < groups; ++j) {
+        group_metric& g = info[j];
+        const bool full = j < layout.full_groups;
+        g.first = j * layout.group_dim;
+        g.dim = full ? layout.group_dim : layout.tail_dim;
+        g.pulses = static_cast<int>(full ? layout.pulses : layout.tail_pulses);
+        const auto f = static_cast<Eigen::Index>(g.first), d = static_cast<Eigen::Index>(g.dim);
+        g.m = hw.block(f, f, d, d);
+        g.llt.compute(g.m);
+        double smallest = std::numeric_limits<double>::infinity();
+        for (Eigen::Index i = 0; i < d; ++i) smallest = std::min(smallest, g.m(i, i));
+        g.weights.resize(g.dim);
+        for (Eigen::Index i = 0; i < d; ++i)
+            g.weights[static_cast<std::size_t>(i)] = static_cast<float>(
+                std::min(g.m(i, i) / smallest, static_cast<double>(std::numeric_limits<float>::max())));
+    }
+    const std::size_t block_groups = std::max<std::size_t>(1, block_columns / layout.group_dim);
+    std::vector<double> stored(rows);
+    for (std::size_t r = 0; r < rows; ++r) stored[r] = scales.decode(scale_codes[r]);
+
+    const auto run_rows = [&](std::size_t r0, std::size_t r1) {
+        if (r1 <= r0) return;
+        const auto nr = static_cast<Eigen::Index>(r1 - r0), c_count = static_cast<Eigen::Index>(cols);
+        std::vector<double> v(layout.group_dim);
+        // The decoder's values of group j of row r (exactly what decode_row computes).
+        const auto decode_group = [&](const int* y, std::size_t j, std::uint32_t code, double s) {
+            const double yy = static_cast<double>(pulse_energy(y, info[j].dim));
+            const auto factor = static_cast<float>(s * coder.gain_quantizer(j).levels()[code] / std::sqrt(yy));
+            for (std::size_t k = 0; k < info[j].dim; ++k) v[k] = static_cast<double>(static_cast<float>(y[k]) * factor);
+        };
+        row_major_matrix x(nr, c_count), e(nr, c_count);
+        for (Eigen::Index i = 0; i < nr; ++i)
+            for (Eigen::Index c = 0; c < c_count; ++c)
+                x(i, c) = static_cast<double>(wf[(r0 + static_cast<std::size_t>(i)) * cols + static_cast<std::size_t>(c)]);
+        const auto set_error_row = [&](std::size_t r) {
+            const auto i = static_cast<Eigen::Index>(r - r0);
+            for (std::size_t j = 0; j < groups; ++j) {
+                const auto f = static_cast<Eigen::Index>(info[j].first);
+                decode_group(points.data() + r * cols + info[j].first, j, codes[r * groups + j], stored[r]);
+                for (std::size_t k = 0; k < info[j].dim; ++k)
+                    e(i, f + static_cast<Eigen::Index>(k)) = x(i, f + static_cast<Eigen::Index>(k)) - v[k];
+            }
+        };
+        for (std::size_t r = r0; r < r1; ++r) set_error_row(r);
+        const row_major_matrix xh = x * hw;
+        row_major_matrix eh = e * hw;
+
+        const auto refit_scales = [&] {
+            for (std::size_t r = r0; r < r1; ++r) {
+                const double s = stored[r];
+                if (!(s > 0.0)) continue;
+                const auto i = static_cast<Eigen::Index>(r - r0);
+                // q = s v: x'Hv = (x'Hx - x'He) / s, v'Hv = (x'Hx - 2 x'He + e'He) / s^2.
+                const double xhx = x.row(i).dot(xh.row(i)), xhe = x.row(i).dot(eh.row(i)), ehe = e.row(i).dot(eh.row(i));
+                const double xhv = (xhx - xhe) / s, vhv = (xhx - 2.0 * xhe + ehe) / (s * s);
+                if (!(vhv > 0.0) || !(xhv > 0.0)) continue;
+                const auto parabola = [&](double sc) { return sc * (sc * vhv - 2.0 * xhv); };
+                const std::uint32_t centre = scales.encode(xhv / vhv);
+                const std::uint32_t top = scales.bits == 16 ? 0x7bffu : 255u;  // the largest finite code
+                std::uint32_t best = scale_codes[r];
+                double best_value = parabola(s);
+                for (const std::uint32_t c : {centre - 1, centre, centre + 1}) {
+                    if (c < 1 || c > top) continue;
+                    const double value = parabola(scales.decode(c));
+                    if (value < best_value) {
+                        best_value = value;
+                        best = c;
+                    }
+                }
+                if (best == scale_codes[r]) continue;
+                const double step = scales.decode(best) - s;
+                // e moves by -step v (up to the decoder's float rounding), eH by -step vH.
+                eh.row(i) -= (step / s) * (xh.row(i) - eh.row(i));
+                scale_codes[r] = best;
+                stored[r] = scales.decode(best);
+                set_error_row(r);
+            }
+        };
+
+        std::vector<double> scratch(pvq_search_scratch_size(layout.group_dim)), mx, my;
+        std::vector<float> t(layout.group_dim);
+        std::vector<int> cand(3 * layout.group_dim), best(layout.group_dim);
+        row_major_matrix delta;
+        Eigen::VectorXd b, eg, en, uvec, mu, shift, me;
+        for (int pass = 0; pass < passes; ++pass) {
+            refit_scales();
+            bool changed_any = false;
+            for (std::size_t g0 = 0; g0 < groups; g0 += block_groups) {
+                const std::size_t g1 = std::min(groups, g0 + block_groups);
+                const auto b0 = static_cast<Eigen::Index>(info[g0].first);
+                const auto b1 = static_cast<Eigen::Index>(g1 < groups ? info[g1].first : cols);
+                delta.setZero(nr, b1 - b0);  // this block's change of e
+                bool changed_block = false;
+                for (std::size_t j = g0; j < g1; ++j) {
+                    const group_metric& g = info[j];
+                    const scalar_quantizer& q = coder.gain_quantizer(j);
+                    const auto f = static_cast<Eigen::Index>(g.first), d = static_cast<Eigen::Index>(g.dim);
+                    bool changed = false;
+                    for (std::size_t r = r0; r < r1; ++r) {
+                        const double s = stored[r];
+                        if (!(s > 0.0)) continue;
+                        const auto i = static_cast<Eigen::Index>(r - r0);
+                        eg = e.row(i).segment(f, d).transpose();
+                        me.noalias() = g.m * eg;
+                        b = eh.row(i).segment(f, d).transpose() - me;
+                        const double current = eg.dot(me) + 2.0 * eg.dot(b);
+                        shift = b;
+                        g.llt.solveInPlace(shift);
+                        for (Eigen::Index k = 0; k < d; ++k)
+                            t[static_cast<std::size_t>(k)] = static_cast<float>(x(i, f + k) + shift(k));
+                        int* y = points.data() + r * cols + g.first;
+                        int* c0 = cand.data();
+                        std::copy_n(y, g.dim, c0);
+                        std::copy_n(y, g.dim, c0 + g.dim);
+                        refine_full_metric(t.data(), g.m, c0 + g.dim, g.dim, mx, my);
+                        pvq_search_dispatch(t.data(), g.weights.data(), g.dim, g.pulses, c0 + 2 * g.dim, search,
+                                            scratch.data());
+                        refine_full_metric(t.data(), g.m, c0 + 2 * g.dim, g.dim, mx, my);
+                        double best_loss = current;
+                        std::uint32_t best_code = 0;
+                        bool found = false;
+                        for (std::size_t c = 0; c < 3; ++c) {
+                            const int* yc = c0 + c * g.dim;
+                            const double norm = std::sqrt(static_cast<double>(pulse_energy(yc, g.dim)));
+                            uvec.resize(d);
+                            for (Eigen::Index k = 0; k < d; ++k) uvec(k) = yc[k] / norm;
+                            mu.noalias() = g.m * uvec;
+                            double tm = 0.0;
+                            for (Eigen::Index k = 0; k < d; ++k) tm += static_cast<double>(t[static_cast<std::size_t>(k)]) * mu(k);
+                            const double uu = uvec.dot(mu);
+                            const double gain = uu > 0.0 ? std::max(0.0, tm / uu) : 0.0;
+                            const std::uint32_t code = q.encode(gain / s);
+                            decode_group(yc, j, code, s);
+                            en.resize(d);
+                            for (Eigen::Index k = 0; k < d; ++k) en(k) = x(i, f + k) - v[static_cast<std::size_t>(k)];
+                            me.noalias() = g.m * en;
+                            const double loss = en.dot(me) + 2.0 * en.dot(b);
+                            if (loss < best_loss) {
+                                best_loss = loss;
+                                best_code = code;
+                                std::copy_n(yc, g.dim, best.data());
+                                found = true;
+                            }
+                        }
+                        if (!found) continue;
+                        std::copy_n(best.data(), g.dim, y);
+                        codes[r * groups + j] = best_code;
+                        decode_group(y, j, best_code, s);
+                        for (Eigen::Index k = 0; k < d; ++k) {
+                            const double updated = x(i, f + k) - v[static_cast<std::size_t>(k)];
+                            delta(i, f - b0 + k) += updated - e(i, f + k);
+                            e(i, f + k) = updated;
+                        }
+                        changed = true;
+                    }
+                    if (!changed) continue;
+                    changed_block = true;
+                    // eH inside the block follows each group's change at once.
+                    eh.middleCols(b0, b1 - b0).noalias() +=
+                        delta.middleCols(f - b0, d) * hw.block(f, b0, d, b1 - b0);
+                }
+                if (!changed_block) continue;
+                changed_any = true;
+                // The rest of the row gets the block's change in one product each side.
+                if (b0 > 0) eh.leftCols(b0).noalias() += delta * hw.block(b0, 0, b1 - b0, b0);
+                if (b1 < c_count)
+                    eh.rightCols(c_count - b1).noalias() += delta * hw.block(b0, b1, b1 - b0, c_count - b1);
+            }
+            if (!changed_any) break;
+        }
+    };
+    parallel_slices(rows, threads, run_rows);
 }
 
 // The blocked search on rows already rotated: wf rows x cols floats, u the
 // factor for that basis. Returns the packed payload words.
 inline std::vector<std::uint64_t> gptq_encode(const std::vector<float>& wf, std::size_t rows, std::size_t cols,
-                                              const Eigen::MatrixXd& u, const matrix_config& config, float ref,
-                                              const gptq_options& options) {
+                                              const Eigen::MatrixXd& u, const row_major_matrix& hw,
+                                              const matrix_config& config, float ref, const gptq_options& options) {
     const matrix_layout layout = make_layout(rows, cols, config);
     const row_scale_codec scales{layout.row_scale_bits, ref};
     const auto coder = make_row_coder(layout, config.search);
@@ -401,6 +622,10 @@ inline std::vector<std::uint64_t> gptq_encode(const std::vector<float>& wf, std:
     scale_codes = std::move(best_scale_codes);
     codes = std::move(best_codes);
     points = std::move(best_points);
+    // With H = c I the loss is the plain squared error and the codes are the plain encoder's.
+    if (!is_scaled_identity(std::span<const double>(hw.data(), cols * cols), cols))
+        refine_groups(wf, rows, cols, hw, layout, *coder, config.search, scales, scale_codes, points, codes,
+                      options.refine_passes, options.block_columns, threads);
 
     bit_writer out;
     for (std::size_t r = 0; r < rows; ++r)
@@ -427,8 +652,8 @@ inline quantized_matrix quantize(std::span<const float> w, std::size_t rows, std
     if (config.rotate) rotation.emplace(cols, config.seed);
     std::vector<float> wf(w.begin(), w.end());
     if (rotation) rotation->forward_rows(wf, rows);
-    const Eigen::MatrixXd u = detail::working_factor(h, cols, rotation, "quantize (Hessian)");
-    return quantized_matrix(rows, cols, config, ref, detail::gptq_encode(wf, rows, cols, u, config, ref, options));
+    const detail::working_metric m = detail::make_working_metric(h, cols, rotation, "quantize (Hessian)");
+    return quantized_matrix(rows, cols, config, ref, detail::gptq_encode(wf, rows, cols, m.u, m.h, config, ref, options));
 }
 
 // The candidate configuration (candidate_configs: the largest K for each N,
@@ -452,7 +677,7 @@ inline config_candidate choose_config(std::span<const float> w, std::size_t rows
     struct basis {
         bool rotate;
         std::vector<float> rows;
-        Eigen::MatrixXd u;
+        detail::working_metric m;
     };
     std::vector<basis> bases;
     for (const bool rotate : {opt.rotate, !opt.rotate}) {
@@ -461,7 +686,7 @@ inline config_candidate choose_config(std::span<const float> w, std::size_t rows
         if (rotate) rotation.emplace(cols, opt.seed);
         std::vector<float> xf = x;
         if (rotation) rotation->forward_rows(xf, sample);
-        bases.push_back({rotate, std::move(xf), detail::working_factor(h, cols, rotation, "choose_config (Hessian)")});
+        bases.push_back({rotate, std::move(xf), detail::make_working_metric(h, cols, rotation, "choose_config (Hessian)")});
     }
     if (bases.size() == 2) {  // the same candidates with the rotation the other way (its seed costs 64 bits or saves them)
         auto_config_options other = opt;
@@ -471,6 +696,7 @@ inline config_candidate choose_config(std::span<const float> w, std::size_t rows
     }
     gptq_options sample_options = options;
     sample_options.on_block = nullptr;
+    sample_options.refine_passes = 0;  // ranks the candidates; the refinement lowers them alike
     // Within one (N, row scale bits) series (gain bits ascending) the scan stops two steps past the best.
     struct series {
         std::size_t n = 0;
@@ -491,7 +717,7 @@ inline config_candidate choose_config(std::span<const float> w, std::size_t rows
         if (it->past_best >= 2) continue;
         const basis& b = c.config.rotate == bases.front().rotate ? bases.front() : bases.back();
         const quantized_matrix q(sample, cols, c.config, ref,
-                                 detail::gptq_encode(b.rows, sample, cols, b.u, c.config, ref, sample_options));
+                                 detail::gptq_encode(b.rows, sample, cols, b.m.u, b.m.h, c.config, ref, sample_options));
         const double loss = proxy_loss(x, q.dequantize(), sample, cols, h);
         c.predicted_sqnr_db = std::numeric_limits<double>::quiet_NaN();  // not measured here
         if (loss < it->best) {
