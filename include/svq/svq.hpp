@@ -22,6 +22,8 @@
 
 #include <svq/hessian/calibration.hpp>
 #include <svq/hessian/gptq.hpp>
+#include <svq/crvq/codebook.hpp>
+#include <svq/crvq/crvq.hpp>
 
 #include <svq/matrix/auto_config.hpp>
 #include <svq/matrix/layout.hpp>
