@@ -365,6 +365,9 @@ public:
 
     [[nodiscard]] const llama2::config& config() const noexcept { return config_; }
     [[nodiscard]] std::span<const float> token_embedding() const noexcept { return token_embedding_; }
+    // The token embedding, writable (e.g. to store a quantizer's reconstruction);
+    // with a shared classifier this changes the classifier too.
+    [[nodiscard]] std::span<float> mutable_token_embedding() noexcept { return token_embedding_; }
     [[nodiscard]] const layer_weights& layer(int l) const noexcept { return layers_[static_cast<std::size_t>(l)]; }
     [[nodiscard]] std::span<const float> rms_final() const noexcept { return rms_final_; }
     // [vocab, dim]: the token embedding when shared.

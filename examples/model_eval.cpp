@@ -1,0 +1,215 @@
+// End-to-end evaluation: every linear layer of stories260K (wq wk wv wo w1 w2
+// w3 of all 5 blocks) quantized with RTN, GPTQ-RTN, plain PVQ and Hessian PVQ
+// at several bpw, and the quantized model compared with the float one
+// (protocol and figures: docs/evaluation.md).
+//
+//   model_eval [--data DIR] [--json FILE] [--seed S] [--sequences S] [--length L]
+//              [--calibration C] [--targets 2,2.5,3,3.25,4] [--methods rtn,pvq,...]
+//              [--embedding] [--damping D] [--threads T] [--layers]
+//
+// Columns: bpw = every stored bit / quantized weights (over all quantized
+// matrices); ppl on the real text (README protocol) and on the sampled
+// evaluation set; relative real-text perplexity increase; mean KL(float ||
+// quantized) of the next-token distributions and top-1 agreement on the
+// sampled set. Without the data files it says so and exits 0.
+//
+// To add a method (e.g. CRVQ), push one more model_eval::method (a name and a
+// layer_quantizer: W, H, target -> reconstruction, stored bits) into `methods`.
+#include <common/model_eval.hpp>
+
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace {
+
+namespace me = svq::model_eval;
+
+struct options {
+    me::run_options run;
+    std::optional<std::string> json;
+    bool print_layers = false;
+};
+
+std::vector<std::string> split(const std::string& list) {
+    std::vector<std::string> out;
+    std::stringstream in(list);
+    for (std::string item; std::getline(in, item, ',');)
+        if (!item.empty()) out.push_back(item);
+    return out;
+}
+
+constexpr std::string_view usage =
+    "usage: model_eval [--data DIR] [--json FILE] [--seed S] [--sequences S] [--length L] [--calibration C]\n"
+    "                  [--targets 2,2.5,3,3.25,4] [--methods rtn,gptq-rtn,pvq,pvq-hessian] [--embedding]\n"
+    "                  [--damping D] [--threads T] [--layers]\n";
+
+options parse(int argc, char** argv) {
+    options o;
+    o.run.data_dir = SVQ_DATA_DIR;
+    for (int i = 1; i < argc; ++i) {
+        const std::string_view a = argv[i];
+        const auto value = [&]() -> std::string {
+            if (i + 1 >= argc) throw svq::invalid_argument(fmt::format("{} needs a value", a));
+            return argv[++i];
+        };
+        const auto count = [&](std::string_view name) {
+            const std::string v = value();
+            const long n = std::stol(v);
+            if (n < 1 || n > 1 << 20) throw svq::invalid_argument(fmt::format("{} = {} must be in [1, 2^20]", name, v));
+            return static_cast<int>(n);
+        };
+        if (a == "--data") o.run.data_dir = value();
+        else if (a == "--json") o.json = value();
+        else if (a == "--seed") o.run.seed = std::stoull(value());
+        else if (a == "--sequences") o.run.sequences = count(a);
+        else if (a == "--length") o.run.length = count(a);
+        else if (a == "--calibration") o.run.calibration_sequences = count(a);
+        else if (a == "--threads") o.run.threads = static_cast<unsigned>(count(a));
+        else if (a == "--damping") o.run.damping = std::stod(value());
+        else if (a == "--embedding") o.run.embedding = true;
+        else if (a == "--layers") o.print_layers = true;
+        else if (a == "--methods") o.run.methods = split(value());
+        else if (a == "--targets") {
+            o.run.targets.clear();
+            for (const std::string& t : split(value())) o.run.targets.push_back(std::stod(t));
+        } else {
+            fmt::print(stderr, "{}", usage);
+            throw svq::invalid_argument(fmt::format("unknown argument '{}'", a));
+        }
+    }
+    return o;
+}
+
+std::string row_name(const me::table_row& r) { return r.embedding ? r.method + "+emb" : r.method; }
+
+void print_header() {
+    fmt::print("{:<16} {:>6} {:>7} {:>9} {:>9} {:>8} {:>8} {:>9} {:>7} {:>7}\n", "method", "target", "bpw", "ppl real",
+               "ppl samp", "rel real", "rel samp", "KL samp", "top-1", "sec");
+}
+
+void print_row(const me::table_row& r) {
+    fmt::print("{:<16} {:>6} {:>7.4f} {:>9.4f} {:>9.4f} {:>+7.2f}% {:>+7.2f}% {:>9.5f} {:>7.4f} {:>7.1f}\n", row_name(r),
+               r.method == "float" ? std::string("-") : fmt::format("{:.2f}", r.target_bpw), r.bpw, r.real.perplexity,
+               r.sampled.perplexity, 100.0 * r.rel_real, 100.0 * r.rel_sampled, r.sampled.mean_kl, r.sampled.top1,
+               r.quantize_seconds);
+    std::fflush(stdout);
+}
+
+const me::table_row* find(const me::table& t, std::string_view method, double target) {
+    for (const me::table_row& r : t.rows)
+        if (r.method == method && r.target_bpw == target && !r.embedding) return &r;
+    return nullptr;
+}
+
+// The acceptance checks of issue 7, on whatever rows this run has.
+void print_summary(const me::table& t) {
+    const auto rtn_like = [](const me::table_row& r) {
+        return !r.embedding && (r.method == "rtn" || r.method == "gptq-rtn");
+    };
+    const auto svq_like = [](const me::table_row& r) {
+        return !r.embedding && r.method != "float" && r.method != "rtn" && r.method != "gptq-rtn";
+    };
+    fmt::print("\nsummary\n");
+    // 3.25 bpw: the svq method with the lowest KL.
+    const me::table_row* best = nullptr;
+    for (const me::table_row& r : t.rows)
+        if (svq_like(r) && r.target_bpw == 3.25 && (best == nullptr || r.sampled.mean_kl < best->sampled.mean_kl))
+            best = &r;
+    if (best != nullptr) {
+        fmt::print("3.25 bpw: best svq method by KL: {} at {:.4f} bpw, real ppl {:.4f} ({:+.2f}% vs float, limit +5%): {}\n",
+                   best->method, best->bpw, best->real.perplexity, 100.0 * best->rel_real,
+                   best->rel_real <= 0.05 ? "PASS" : "FAIL");
+        for (const me::table_row& r : t.rows) {
+            // RTN rows at the same target and every RTN row with at least the svq row's bits.
+            if (!rtn_like(r) || (r.bpw < best->bpw && r.target_bpw != 3.25)) continue;
+            fmt::print("  vs {} at target {:.2f} ({:.4f} bpw): KL {:.5f} vs {:.5f} ({:.2f}x): {}\n", r.method,
+                       r.target_bpw, r.bpw, best->sampled.mean_kl, r.sampled.mean_kl,
+                       r.sampled.mean_kl / best->sampled.mean_kl, best->sampled.mean_kl < r.sampled.mean_kl ? "PASS" : "FAIL");
+        }
+    }
+    if (const me::table_row* h = find(t, "pvq-hessian", 2.0)) {
+        fmt::print("2 bpw: pvq-hessian ({:.4f} bpw) KL {:.5f}\n", h->bpw, h->sampled.mean_kl);
+        for (const me::table_row& r : t.rows) {
+            if (!rtn_like(r) || r.target_bpw != 2.5) continue;
+            fmt::print("  vs {} at 2.5 ({:.4f} bpw): KL {:.5f} ({:.2f}x): {}\n", r.method, r.bpw, r.sampled.mean_kl,
+                       r.sampled.mean_kl / h->sampled.mean_kl, h->sampled.mean_kl < r.sampled.mean_kl ? "PASS" : "FAIL");
+        }
+    }
+}
+
+void write_json(const std::string& path, const me::run_options& o, const me::table& t) {
+    std::FILE* f = std::fopen(path.c_str(), "w");
+    if (f == nullptr) throw svq::io_error(fmt::format("cannot write '{}'", path));
+    fmt::print(f, "{{\n  \"seed\": {}, \"sequences\": {}, \"length\": {}, \"calibration_sequences\": {}, \"damping\": {},\n",
+               o.seed, o.sequences, o.length, o.calibration_sequences, o.damping);
+    fmt::print(f, "  \"real_documents\": {}, \"evaluation_positions\": {}, \"calibration_tokens\": {}, \"shared_sequences\": {},\n",
+               t.real_documents, t.evaluation_positions, t.calibration_tokens, t.shared_sequences);
+    fmt::print(f, "  \"rows\": [\n");
+    const auto metrics = [](const me::set_metrics& m) {
+        return fmt::format(
+            "{{\"positions\": {}, \"mean_nll\": {:.10f}, \"perplexity\": {:.10f}, \"mean_kl\": {:.10e}, \"max_kl\": {:.10e}, "
+            "\"top1\": {:.10f}}}",
+            m.positions, m.mean_nll, m.perplexity, m.mean_kl, m.max_kl, m.top1);
+    };
+    for (std::size_t i = 0; i < t.rows.size(); ++i) {
+        const me::table_row& r = t.rows[i];
+        std::string configs;
+        for (std::size_t j = 0; j < r.layer_configs.size(); ++j)
+            configs += fmt::format("{}\"{}\"", j == 0 ? "" : ", ", r.layer_configs[j]);
+        fmt::print(f,
+                   "    {{\"method\": \"{}\", \"target_bpw\": {}, \"embedding\": {}, \"bpw\": {:.6f}, \"stored_bits\": {}, "
+                   "\"weights\": {},\n     \"real\": {},\n     \"sampled\": {},\n     \"rel_ppl_real\": {:.10f}, "
+                   "\"rel_ppl_sampled\": {:.10f}, \"quantize_seconds\": {:.3f},\n     \"layers\": [{}]}}{}\n",
+                   r.method, r.target_bpw, r.embedding ? "true" : "false", r.bpw, r.stored_bits, r.weights,
+                   metrics(r.real), metrics(r.sampled), r.rel_real, r.rel_sampled, r.quantize_seconds, configs,
+                   i + 1 < t.rows.size() ? "," : "");
+    }
+    fmt::print(f, "  ]\n}}\n");
+    if (std::fclose(f) != 0) throw svq::io_error(fmt::format("error while writing '{}'", path));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+    const options o = parse(argc, argv);
+    if (!me::data_present(o.run.data_dir)) {
+        fmt::print("model_eval: data absent ({} needs stories260K.bin, tok512.bin, tinystories_valid_sample.txt): skipped\n",
+                   o.run.data_dir.string());
+        return 0;
+    }
+    std::vector<me::method> methods = me::standard_methods();
+    for (const auto& [name, kind] : {std::pair{"crvq-kmeans", svq::crvq_base::kmeans}, std::pair{"crvq-pvq", svq::crvq_base::pvq}})
+        methods.push_back({name, nullptr, [kind](std::span<const me::layer_problem> ps, double target) {
+                               return me::quantize_crvq(ps, target, kind);
+                           }});
+
+    fmt::print("stories260K from {}; evaluation set {} x {} tokens (seed {}), calibration set {} x {} tokens, {} thread(s)\n",
+               o.run.data_dir.string(), o.run.sequences, o.run.length, o.run.seed, o.run.calibration_sequences,
+               o.run.length, o.run.threads);
+    print_header();
+    const me::table t = me::run(o.run, methods, [&](const me::table_row& r) {
+        print_row(r);
+        if (o.print_layers)
+            for (const std::string& c : r.layer_configs) fmt::print("    {}\n", c);
+    });
+    fmt::print("real text: {} documents, {} scored tokens; sampled set: {} scored positions; calibration: {} tokens; "
+               "sequences in both sets: {}\n",
+               t.real_documents, t.rows.front().real.positions, t.evaluation_positions, t.calibration_tokens,
+               t.shared_sequences);
+    print_summary(t);
+    if (o.json) {
+        write_json(*o.json, o.run, t);
+        fmt::print("wrote {}\n", *o.json);
+    }
+    return 0;
+} catch (const std::exception& e) {
+    std::fprintf(stderr, "model_eval: %s\n", e.what());
+    return 1;
+}
