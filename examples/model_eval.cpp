@@ -1,6 +1,6 @@
 // End-to-end evaluation: every linear layer of stories260K (wq wk wv wo w1 w2
-// w3 of all 5 blocks) quantized with RTN, GPTQ-RTN, plain PVQ and Hessian PVQ
-// at several bpw, and the quantized model compared with the float one
+// w3 of all 5 blocks) quantized with RTN, GPTQ-RTN, plain PVQ, Hessian PVQ and
+// CRVQ (k-means and PVQ base) at several bpw, and the quantized model compared with the float one
 // (protocol and figures: docs/evaluation.md).
 //
 //   model_eval [--data DIR] [--json FILE] [--seed S] [--sequences S] [--length L]
@@ -13,8 +13,10 @@
 // quantized) of the next-token distributions and top-1 agreement on the
 // sampled set. Without the data files it says so and exits 0.
 //
-// To add a method (e.g. CRVQ), push one more model_eval::method (a name and a
-// layer_quantizer: W, H, target -> reconstruction, stored bits) into `methods`.
+// To add a method, push one more model_eval::method into `methods`: a name and
+// a layer_quantizer (W, H, target -> reconstruction, stored bits), or a
+// model_quantizer over all layers at once (shared bits counted once), as the
+// CRVQ rows do.
 #include <common/model_eval.hpp>
 
 #include <fmt/format.h>
@@ -47,8 +49,8 @@ std::vector<std::string> split(const std::string& list) {
 
 constexpr std::string_view usage =
     "usage: model_eval [--data DIR] [--json FILE] [--seed S] [--sequences S] [--length L] [--calibration C]\n"
-    "                  [--targets 2,2.5,3,3.25,4] [--methods rtn,gptq-rtn,pvq,pvq-hessian] [--embedding]\n"
-    "                  [--damping D] [--threads T] [--layers]\n";
+    "                  [--targets 2,2.5,3,3.25,4] [--methods rtn,gptq-rtn,pvq,pvq-hessian,crvq-kmeans,crvq-pvq]\n"
+    "                  [--embedding] [--damping D] [--threads T] [--layers]\n";
 
 options parse(int argc, char** argv) {
     options o;
