@@ -7,12 +7,11 @@
 //   BM_crvq_encode      the whole quantizer, one iteration
 //   BM_crvq_decode      dequantize of the result, Mweights/s
 //   BM_memcpy           copy of the same float output, for the ratio
-#include <common/activations.hpp>
-#include <common/synthetic.hpp>
 
 #include <svq/crvq/crvq.hpp>
 #include <svq/hessian/calibration.hpp>
 
+#include "bench_layer.hpp"
 #include "bench_main.hpp"
 
 #include <benchmark/benchmark.h>
@@ -22,21 +21,9 @@
 
 namespace {
 
-constexpr std::size_t side = 4096;
-
-const std::vector<float>& weights() {
-    static const std::vector<float> w = svq::examples::student_t_matrix(side, side, 4, 7);
-    return w;
-}
-
-const std::vector<double>& hessian() {
-    static const std::vector<double> h = [] {
-        svq::hessian_accumulator acc(side);
-        acc.add(svq::examples::correlated_activations(side, side, 8), side);
-        return acc.damped_hessian(0.01);
-    }();
-    return h;
-}
+constexpr std::size_t side = svq::bench::layer_side;
+const std::vector<float>& weights() { return svq::bench::layer_weights(); }
+const std::vector<double>& hessian() { return svq::bench::layer_hessian(); }
 
 svq::crvq_config config() {
     svq::crvq_config c;

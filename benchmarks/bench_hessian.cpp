@@ -5,14 +5,13 @@
 // run. One iteration each (the Hessian factor is part of the time). The
 // configuration: N = 16 with 3 gain bits and the largest K at <= 3 bpw (what
 // the Hessian choose_config tends to pick on correlated activations).
-#include <common/activations.hpp>
-#include <common/synthetic.hpp>
 
 #include <svq/hessian/calibration.hpp>
 #include <svq/hessian/gptq.hpp>
 #include <svq/matrix/auto_config.hpp>
 #include <svq/matrix/quantized_matrix.hpp>
 
+#include "bench_layer.hpp"
 #include "bench_main.hpp"
 
 #include <benchmark/benchmark.h>
@@ -21,21 +20,9 @@
 
 namespace {
 
-constexpr std::size_t side = 4096;
-
-const std::vector<float>& weights() {
-    static const std::vector<float> w = svq::examples::student_t_matrix(side, side, 4, 7);
-    return w;
-}
-
-const std::vector<double>& hessian() {
-    static const std::vector<double> h = [] {
-        svq::hessian_accumulator acc(side);
-        acc.add(svq::examples::correlated_activations(side, side, 8), side);
-        return acc.damped_hessian(0.01);
-    }();
-    return h;
-}
+constexpr std::size_t side = svq::bench::layer_side;
+const std::vector<float>& weights() { return svq::bench::layer_weights(); }
+const std::vector<double>& hessian() { return svq::bench::layer_hessian(); }
 
 svq::matrix_config config() {
     for (const svq::config_candidate& c : svq::candidate_configs(side, side, 3.0))
