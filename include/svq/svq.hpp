@@ -30,3 +30,5 @@
 #include <svq/matrix/metrics.hpp>
 #include <svq/matrix/quantized_matrix.hpp>
 #include <svq/matrix/rtn.hpp>
+#include <svq/kernels/split_index.hpp>
+#include <svq/kernels/gemv.hpp>

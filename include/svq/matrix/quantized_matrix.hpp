@@ -21,9 +21,9 @@
 #include <svq/core/half.hpp>
 #include <svq/core/wide_uint.hpp>
 #include <svq/error.hpp>
+#include <svq/kernels/split_index.hpp>
 #include <svq/matrix/layout.hpp>
 #include <svq/pvq/codec.hpp>
-#include <svq/pvq/lattice.hpp>
 #include <svq/pvq/search.hpp>
 #include <svq/rotate/hadamard_rotation.hpp>
 #include <svq/scale/lloyd_max.hpp>
@@ -98,7 +98,8 @@ struct row_scale_codec {
 };
 
 // Encoder and decoder of the rows of one layout, for one index type. Holds the
-// lattices of the full and the tail group and the two gain quantizers.
+// split-order index tables of the full and the tail group and the two gain
+// quantizers.
 class row_coder {
 public:
     virtual ~row_coder() = default;
@@ -160,8 +161,8 @@ public:
         for (std::size_t j = 0; j < l_.groups_per_row(); ++j) {
             const std::size_t first = j * l_.group_dim, dim = group_dim(j);
             const std::span<const int> point(y + first, dim);
-            if (j < l_.full_groups) out.write_index(full_.rank_unchecked(point), l_.index_bits);
-            else out.write_index(tail_->rank_unchecked(point), l_.tail_index_bits);
+            if (j < l_.full_groups) out.write_index(full_.template rank<Index>(point), l_.index_bits);
+            else out.write_index(tail_->template rank<Index>(point), l_.tail_index_bits);
             out.write(codes[j], l_.gain_bits);
         }
     }
@@ -235,8 +236,9 @@ private:
 
     matrix_layout l_;
     search_options search_;
-    pvq_lattice<Index> full_;
-    std::optional<pvq_lattice<Index>> tail_;
+    // Split-order index (format version 2, kernels/split_index.hpp).
+    pvq_split_index full_;
+    std::optional<pvq_split_index> tail_;
     scalar_quantizer gain_;
     std::optional<scalar_quantizer> tail_gain_;
 };

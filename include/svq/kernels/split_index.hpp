@@ -1,0 +1,1126 @@
+// Split-order enumeration of the pyramid P(N, K): the index order of the
+// packed matrix format version 2 (docs/performance.md, "Index order").
+//
+// A group of n coordinates is split into a left half of nL = floor(n / 2)
+// and a right half of nR = n - nL coordinates. With k pulses, the points
+// whose left half holds j pulses come before those with j + 1, and inside one
+// j the index is mixed-radix over (left index, right index):
+//
+//   index = C_{n,k}(j) + iL * V(nR, k - j) + iR,
+//   C_{n,k}(j) = sum_{t < j} V(nL, t) V(nR, k - t),      C_{n,k}(k + 1) = V(n, k),
+//
+// recursively down to one coordinate (V(1, 0) = 1; V(1, k > 0) = 2: index 0
+// is +k, 1 is -k). It is a bijection onto [0, V(N, K)), so a group costs the
+// same ceil(log2 V(N, K)) bits as the coordinate-by-coordinate order of
+// pvq/lattice.hpp; only the order differs. Its use: unranking touches the
+// wide integer only at the top of the tree (a 384-bit index is split into two
+// ~190-bit halves, those into ~95-bit quarters, ...), everything below 64 bits
+// is machine arithmetic, and the two halves decode independently.
+//
+//   pvq_split_lattice<Index>  the definition, written plainly (prefix sums
+//                             recomputed, binary long division); the oracle of
+//                             tests/test_kernels.cpp.
+//   pvq_split_index           the table-driven coder the matrix format uses:
+//                             prefix rows C_{n,k}(.) precomputed once per
+//                             (N, K) for the node sizes of the tree, each row
+//                             in the fewest 64-bit words that hold V(n, k);
+//                             a guide per row (bucket of r / V(n, k) -> j) in
+//                             place of a binary search; Knuth division for the
+//                             wide levels (code per word count up to 512 bits,
+//                             divisors normalised and their top word's
+//                             reciprocal precomputed), machine words below,
+//                             tables of all points of P(4, k) and, at low
+//                             rates, P(8, k) for small k; unrank_batch walks
+//                             many groups breadth-first so that their
+//                             independent nodes overlap.
+#pragma once
+
+#include <svq/core/wide_uint.hpp>
+#include <svq/error.hpp>
+#include <svq/pvq/count.hpp>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <span>
+#include <vector>
+
+namespace svq {
+
+namespace detail {
+
+// Largest index width the matrix codec instantiates (1024 bits) plus one word.
+inline constexpr std::size_t max_split_limbs = 17;
+
+// (hi * 2^64 + lo) / d with hi < d; the remainder in rem.
+inline std::uint64_t div_2by1(std::uint64_t hi, std::uint64_t lo, std::uint64_t d, std::uint64_t& rem) noexcept {
+#if defined(__x86_64__)
+    std::uint64_t q;
+    __asm__("divq %4" : "=a"(q), "=d"(rem) : "a"(lo), "d"(hi), "rm"(d));
+    return q;
+#else
+    const uint128 n = (static_cast<uint128>(hi) << 64) | lo;
+    rem = static_cast<std::uint64_t>(n % d);
+    return static_cast<std::uint64_t>(n / d);
+#endif
+}
+
+// Division of a two-word number by a one-word divisor through a reciprocal
+// computed once per divisor (Moller and Granlund, "Improved division by
+// invariant integers", 2011, algorithm 4): d normalised (top bit set),
+// v = floor((2^128 - 1) / d) - 2^64, u1 < d. Two multiplications and two
+// corrections in place of the divide instruction.
+inline std::uint64_t reciprocal_word(std::uint64_t d) noexcept {
+    return static_cast<std::uint64_t>(~uint128{0} / d);  // the 2^64 term drops out modulo 2^64
+}
+inline std::uint64_t div_2by1_preinv(std::uint64_t u1, std::uint64_t u0, std::uint64_t d, std::uint64_t v,
+                                     std::uint64_t& rem) noexcept {
+    const uint128 p = static_cast<uint128>(v) * u1 + ((static_cast<uint128>(u1) << 64) | u0);
+    auto q1 = static_cast<std::uint64_t>(p >> 64) + 1;
+    const auto q0 = static_cast<std::uint64_t>(p);
+    std::uint64_t r = u0 - q1 * d;
+    const std::uint64_t mask = std::uint64_t{0} - static_cast<std::uint64_t>(r > q0);  // about half the time: no branch
+    q1 += mask;
+    r += mask & d;
+    if (r >= d) {  // rare
+        ++q1;
+        r -= d;
+    }
+    rem = r;
+    return q1;
+}
+
+// x >> (64 - s) and x << (64 - s) for 0 <= s < 64 (0 when s = 0), without a branch.
+inline std::uint64_t shr_complement(std::uint64_t x, int s) noexcept { return (x >> 1) >> (63 - s); }
+inline std::uint64_t shl_complement(std::uint64_t x, int s) noexcept { return (x << 1) << (63 - s); }
+
+// a < b over W words, branch-free (the borrow of a - b).
+template <std::size_t W>
+inline bool fixed_less(const std::uint64_t* a, const std::uint64_t* b) noexcept {
+    unsigned char borrow = 0;
+    for (std::size_t i = 0; i < W; ++i) static_cast<void>(sub_borrow(a[i], b[i], borrow, borrow));
+    return borrow != 0;
+}
+
+// Knuth's algorithm D with the sizes fixed at compile time and the divisor
+// normalised beforehand: num (LN words) / d (LD words, normalised words vn,
+// shift s, v = reciprocal_word(vn[LD - 1])) -> q (LN words), r (LD words).
+template <std::size_t LN, std::size_t LD>
+inline void divmod_fixed(const std::uint64_t* num, const std::uint64_t* vn, int s, std::uint64_t v, std::uint64_t* q,
+                         std::uint64_t* r) noexcept {
+    static_assert(LD >= 1 && LD <= LN);
+    std::uint64_t u[LN + 1];
+    u[LN] = shr_complement(num[LN - 1], s);
+    for (std::size_t i = LN - 1; i > 0; --i) u[i] = (num[i] << s) | shr_complement(num[i - 1], s);
+    u[0] = num[0] << s;
+    const std::uint64_t vtop = vn[LD - 1];
+    for (std::size_t i = LN - LD + 1; i < LN; ++i) q[i] = 0;
+    if constexpr (LD == 1) {
+        std::uint64_t rem = u[LN];  // < vtop: the shift left room for it
+        for (std::size_t i = LN; i-- > 0;) {
+            if (rem == 0 && u[i] < vtop) {  // a zero quotient word (the top ones, usually): no multiplication
+                q[i] = 0;
+                rem = u[i];
+            } else {
+                q[i] = div_2by1_preinv(rem, u[i], vtop, v, rem);
+            }
+        }
+        r[0] = rem >> s;
+    } else {
+        const std::uint64_t vnext = vn[LD - 2];
+        for (std::size_t j = LN - LD + 1; j-- > 0;) {
+            if (u[j + LD] == 0 && u[j + LD - 1] < vtop) {  // quotient word zero (the top ones, usually)
+                q[j] = 0;
+                continue;
+            }
+            std::uint64_t qhat, rhat;
+            bool rhat_big = false;
+            if (u[j + LD] >= vtop) {  // only equality is possible
+                qhat = ~std::uint64_t{0};
+                rhat = u[j + LD - 1] + vtop;
+                rhat_big = rhat < vtop;
+            } else {
+                qhat = div_2by1_preinv(u[j + LD], u[j + LD - 1], vtop, v, rhat);
+            }
+            while (!rhat_big &&
+                   static_cast<uint128>(qhat) * vnext > ((static_cast<uint128>(rhat) << 64) | u[j + LD - 2])) {
+                --qhat;
+                rhat += vtop;
+                rhat_big = rhat < vtop;
+            }
+            std::uint64_t carry = 0;
+            unsigned char borrow = 0;
+            for (std::size_t i = 0; i < LD; ++i) {
+                const uint128 p = static_cast<uint128>(qhat) * vn[i] + carry;
+                carry = static_cast<std::uint64_t>(p >> 64);
+                u[i + j] = sub_borrow(u[i + j], static_cast<std::uint64_t>(p), borrow, borrow);
+            }
+            unsigned char b2 = 0;
+            u[j + LD] = sub_borrow(u[j + LD], carry, borrow, b2);
+            if (b2 != 0) {  // qhat was one too large (probability ~2^-64): add the divisor back
+                --qhat;
+                unsigned char c = 0;
+                for (std::size_t i = 0; i < LD; ++i) u[i + j] = add_carry(u[i + j], vn[i], c, c);
+                u[j + LD] += c;
+            }
+            q[j] = qhat;
+        }
+        for (std::size_t i = 0; i < LD; ++i) r[i] = (u[i] >> s) | shl_complement(u[i + 1], s);
+    }
+}
+
+// Number of words up to the most significant non-zero one.
+inline std::size_t limbs_used(const std::uint64_t* a, std::size_t n) noexcept {
+    while (n > 0 && a[n - 1] == 0) --n;
+    return n;
+}
+
+// a < b over n words.
+inline bool limbs_less(const std::uint64_t* a, const std::uint64_t* b, std::size_t n) noexcept {
+    for (std::size_t i = n; i-- > 0;)
+        if (a[i] != b[i]) return a[i] < b[i];
+    return false;
+}
+
+// a -= b over n words (a >= b).
+inline void limbs_sub(std::uint64_t* a, const std::uint64_t* b, std::size_t n) noexcept {
+    unsigned char borrow = 0;
+    for (std::size_t i = 0; i < n; ++i) a[i] = sub_borrow(a[i], b[i], borrow, borrow);
+}
+
+// a += b over n words (carry out of word n - 1 dropped: the caller knows the sum fits).
+inline void limbs_add(std::uint64_t* a, const std::uint64_t* b, std::size_t n) noexcept {
+    unsigned char carry = 0;
+    for (std::size_t i = 0; i < n; ++i) a[i] = add_carry(a[i], b[i], carry, carry);
+}
+
+// a += b; a: na words, b: nb <= na words (carry out of word na - 1 dropped).
+inline void limbs_add_short(std::uint64_t* a, std::size_t na, const std::uint64_t* b, std::size_t nb) noexcept {
+    unsigned char carry = 0;
+    std::size_t i = 0;
+    for (; i < nb; ++i) a[i] = add_carry(a[i], b[i], carry, carry);
+    for (; i < na && carry != 0; ++i) a[i] = add_carry(a[i], 0, carry, carry);
+}
+
+// out = a * b modulo 2^(64 lo); a: la words, b: lb words, out: lo words (not aliasing a or b).
+inline void limbs_mul(const std::uint64_t* a, std::size_t la, const std::uint64_t* b, std::size_t lb,
+                      std::uint64_t* out, std::size_t lo) noexcept {
+    std::fill_n(out, lo, std::uint64_t{0});
+    for (std::size_t i = 0; i < la && i < lo; ++i) {
+        if (a[i] == 0) continue;
+        std::uint64_t carry = 0;
+        std::size_t j = 0;
+        for (; j < lb && i + j < lo; ++j) {
+            const uint128 p = static_cast<uint128>(a[i]) * b[j] + out[i + j] + carry;
+            out[i + j] = static_cast<std::uint64_t>(p);
+            carry = static_cast<std::uint64_t>(p >> 64);
+        }
+        for (std::size_t t = i + j; t < lo && carry != 0; ++t) {
+            const uint128 s = static_cast<uint128>(out[t]) + carry;
+            out[t] = static_cast<std::uint64_t>(s);
+            carry = static_cast<std::uint64_t>(s >> 64);
+        }
+    }
+}
+
+// Knuth's algorithm D (TAOCP 4.3.1) on 64-bit words. num: ln words, den: ld
+// words (den != 0); q receives lq words (lq >= ln, high words zeroed), r ld words.
+inline void limbs_divmod(const std::uint64_t* num, std::size_t ln, const std::uint64_t* den, std::size_t ld,
+                         std::uint64_t* q, std::size_t lq, std::uint64_t* r) noexcept {
+    const std::size_t ld_full = ld;
+    ld = limbs_used(den, ld);
+    ln = limbs_used(num, ln);
+    std::fill_n(q, lq, std::uint64_t{0});
+    std::fill_n(r, ld_full, std::uint64_t{0});
+    if (ld == 1 && ln == 2 && num[1] < den[0]) {  // the common narrow case: one hardware divide
+        q[0] = div_2by1(num[1], num[0], den[0], r[0]);
+        return;
+    }
+    if (ln < ld || (ln == ld && limbs_less(num, den, ld))) {
+        std::copy_n(num, ln, r);
+        return;
+    }
+    if (ld == 1) {
+        std::uint64_t rem = 0;
+        for (std::size_t i = ln; i-- > 0;) q[i] = div_2by1(rem, num[i], den[0], rem);
+        r[0] = rem;
+        return;
+    }
+    const int s = std::countl_zero(den[ld - 1]);
+    std::array<std::uint64_t, max_split_limbs + 1> v, u;  // v[0, ld), u[0, ln] written below
+    for (std::size_t i = ld; i-- > 0;) v[i] = (den[i] << s) | (s != 0 && i > 0 ? den[i - 1] >> (64 - s) : 0);
+    u[ln] = s != 0 ? num[ln - 1] >> (64 - s) : 0;
+    for (std::size_t i = ln; i-- > 0;) u[i] = (num[i] << s) | (s != 0 && i > 0 ? num[i - 1] >> (64 - s) : 0);
+    const std::uint64_t vtop = v[ld - 1], vnext = v[ld - 2];
+    for (std::size_t j = ln - ld + 1; j-- > 0;) {
+        std::uint64_t qhat, rhat;
+        bool rhat_big = false;
+        if (u[j + ld] >= vtop) {  // only equality is possible
+            qhat = ~std::uint64_t{0};
+            rhat = u[j + ld - 1] + vtop;
+            rhat_big = rhat < vtop;
+        } else {
+            qhat = div_2by1(u[j + ld], u[j + ld - 1], vtop, rhat);
+        }
+        while (!rhat_big && static_cast<uint128>(qhat) * vnext > ((static_cast<uint128>(rhat) << 64) | u[j + ld - 2])) {
+            --qhat;
+            rhat += vtop;
+            rhat_big = rhat < vtop;
+        }
+        std::uint64_t carry = 0, borrow = 0;
+        for (std::size_t i = 0; i < ld; ++i) {
+            const uint128 p = static_cast<uint128>(qhat) * v[i] + carry;
+            carry = static_cast<std::uint64_t>(p >> 64);
+            const auto plo = static_cast<std::uint64_t>(p);
+            const std::uint64_t d1 = u[i + j] - plo;
+            const std::uint64_t b1 = u[i + j] < plo;
+            u[i + j] = d1 - borrow;
+            borrow = b1 + (d1 < borrow);
+        }
+        const std::uint64_t top = u[j + ld];
+        const std::uint64_t d1 = top - carry;
+        const bool negative = top < carry || d1 < borrow;
+        u[j + ld] = d1 - borrow;
+        if (negative) {  // qhat was one too large (probability ~2^-64): add the divisor back
+            --qhat;
+            unsigned char c = 0;
+            for (std::size_t i = 0; i < ld; ++i) u[i + j] = add_carry(u[i + j], v[i], c, c);
+            u[j + ld] += c;
+        }
+        q[j] = qhat;
+    }
+    for (std::size_t i = 0; i < ld; ++i) r[i] = (u[i] >> s) | (s != 0 ? u[i + 1] << (64 - s) : 0);
+}
+
+// Words of an index type, little-endian, and back.
+template <IndexType Index>
+void index_to_limbs(const Index& x, std::uint64_t* out, std::size_t n) noexcept {
+    if constexpr (is_wide_uint<Index>::value) {
+        for (std::size_t i = 0; i < n; ++i) out[i] = i < Index::limbs ? x.words()[i] : 0;
+    } else {
+        out[0] = static_cast<std::uint64_t>(x);
+        for (std::size_t i = 1; i < n; ++i) out[i] = 0;
+    }
+}
+template <IndexType Index>
+Index index_from_limbs(const std::uint64_t* in, std::size_t n) noexcept {
+    if constexpr (is_wide_uint<Index>::value) {
+        Index x;
+        for (std::size_t i = 0; i < n && i < Index::limbs; ++i) x.words()[i] = in[i];
+        return x;
+    } else {
+        return static_cast<Index>(in[0]);
+    }
+}
+
+// Index-type arithmetic for the plain definition below.
+template <IndexType Index>
+Index index_mul(const Index& a, const Index& b) noexcept {
+    if constexpr (is_wide_uint<Index>::value)
+        return a * b;
+    else
+        return static_cast<Index>(a * b);
+}
+
+}  // namespace detail
+
+// The split order written as its definition: prefix sums recomputed at every
+// node and quotients by binary long division. O(K) index multiplications per
+// node; for tests and as the specification (tests/test_kernels.cpp checks the
+// table-driven pvq_split_index and the matrix kernels against it).
+template <IndexType Index>
+class pvq_split_lattice {
+public:
+    using index_type = Index;
+
+    // dim >= 1, pulses >= 1; throws like pvq_lattice (svq::overflow_error when
+    // V(N, K) does not fit Index).
+    pvq_split_lattice(std::size_t dim, std::size_t pulses) : table_(checked(dim, pulses)) {}
+
+    std::size_t dim() const noexcept { return table_.dim(); }
+    std::size_t pulses() const noexcept { return table_.pulses(); }
+    const Index& size() const noexcept { return table_.size(); }
+
+    // y: dim ints with sum |y_i| == pulses. Throws svq::invalid_argument otherwise.
+    Index rank(std::span<const int> y) const {
+        long long total = 0;
+        for (int v : y) total += std::llabs(v);
+        if (y.size() != dim() || total != static_cast<long long>(pulses()))
+            throw invalid_argument(
+                fmt::format("pvq_split_lattice::rank: point of {} entries with sum |y_i| = {}, "
+                            "expected N = {} and K = {}",
+                            y.size(), total, dim(), pulses()));
+        return rank_node(y.data(), dim(), pulses());
+    }
+
+    // index < V(N, K) -> y (dim ints). Throws svq::corrupt_data for an index
+    // outside the range, svq::invalid_argument for a wrong span size.
+    void unrank(const Index& index, std::span<int> y) const {
+        if (y.size() != dim())
+            throw invalid_argument(
+                fmt::format("pvq_split_lattice::unrank: output has {} entries, N = {}", y.size(), dim()));
+        if (!(index < size()))
+            throw corrupt_data(fmt::format("pvq_split_lattice::unrank: index {} is not below V(N={}, K={}) = {}",
+                                           to_decimal(index), dim(), pulses(), to_decimal(size())));
+        unrank_node(index, dim(), pulses(), y.data());
+    }
+
+private:
+    static pvq_count_table<Index> checked(std::size_t dim, std::size_t pulses) {
+        if (dim == 0) throw invalid_argument("pvq_split_lattice: dimension N must be >= 1, got 0");
+        if (pulses == 0)
+            throw invalid_argument(fmt::format("pvq_split_lattice: pulses K must be >= 1, got 0 (N = {})", dim));
+        return pvq_count_table<Index>(dim, pulses);
+    }
+
+    // V(nL, t) V(nR, k - t): the number of points with t pulses on the left.
+    Index block(std::size_t nl, std::size_t nr, std::size_t k, std::size_t t) const noexcept {
+        return detail::index_mul(table_(nl, t), table_(nr, k - t));
+    }
+
+    Index rank_node(const int* y, std::size_t n, std::size_t k) const noexcept {
+        if (k == 0) return Index(0u);
+        if (n == 1) return Index(y[0] < 0 ? 1u : 0u);
+        const std::size_t nl = n / 2, nr = n - nl;
+        std::size_t kl = 0;
+        for (std::size_t i = 0; i < nl; ++i) kl += static_cast<std::size_t>(std::abs(y[i]));
+        Index index(0u);
+        for (std::size_t t = 0; t < kl; ++t) index += block(nl, nr, k, t);
+        index += detail::index_mul(rank_node(y, nl, kl), table_(nr, k - kl));
+        index += rank_node(y + nl, nr, k - kl);
+        return index;
+    }
+
+    // Binary long division: a = q * d + r.
+    static void divide(const Index& a, const Index& d, Index& q, Index& r) noexcept {
+        if constexpr (detail::is_wide_uint<Index>::value) {
+            q = Index(0u);
+            r = Index(0u);
+            for (std::size_t b = a.bit_width(); b-- > 0;) {
+                r <<= 1;
+                if (a.bit(b)) r += Index(1u);
+                q <<= 1;
+                if (!(r < d)) {
+                    r -= d;
+                    q += Index(1u);
+                }
+            }
+        } else {
+            q = a / d;
+            r = a % d;
+        }
+    }
+
+    void unrank_node(Index index, std::size_t n, std::size_t k, int* y) const noexcept {
+        if (k == 0) {
+            std::fill_n(y, n, 0);
+            return;
+        }
+        if (n == 1) {
+            y[0] = index == Index(0u) ? static_cast<int>(k) : -static_cast<int>(k);
+            return;
+        }
+        const std::size_t nl = n / 2, nr = n - nl;
+        std::size_t t = 0;
+        for (;; ++t) {
+            const Index b = block(nl, nr, k, t);
+            if (index < b) break;
+            index -= b;
+        }
+        Index il, ir;
+        divide(index, table_(nr, k - t), il, ir);
+        unrank_node(il, nl, t, y);
+        unrank_node(ir, nr, k - t, y + nl);
+    }
+
+    pvq_count_table<Index> table_;
+};
+
+// Table-driven split-order coder of P(N, K) (the same order as
+// pvq_split_lattice). Built once per (N, K); rank and unrank allocate nothing.
+class pvq_split_index {
+public:
+    // One node size of the tree.
+    struct level {
+        std::size_t n = 0;
+        std::size_t limbs = 1;              // words of V(n, K)
+        int left = -1, right = -1;          // levels of the halves (n >= 2)
+        std::vector<std::uint64_t> counts;  // V(n, k), k <= K: (K + 1) * limbs words
+        std::vector<double> inverse;        // 1 / V(n, k), k <= K
+        // V(n, k) shifted left until its top used word has its high bit set
+        // (the divisor of Knuth's algorithm D, normalised once here), the
+        // shift, and the words used.
+        std::vector<std::uint64_t> norm;        // (K + 1) * limbs words
+        std::vector<std::uint8_t> norm_shift;   // k -> shift
+        std::vector<std::uint8_t> count_words;  // k -> words used by V(n, k) (>= 1)
+        std::vector<std::uint64_t> norm_recip;  // k -> reciprocal_word of the top normalised word
+        std::vector<std::uint8_t> row_limbs;    // k -> words of V(n, k): the stride of row k
+        std::vector<std::size_t> row_start;     // k -> first word of C_{n,k}(0..k+1)
+        std::vector<std::uint64_t> prefix;      // the rows C_{n,k}(.), row_limbs[k] words per entry
+        std::vector<double> prefix_approx;      // C_{n,k}(t) * 2^(-64 (row_limbs[k] - 1)), rows of more than one word
+        std::vector<std::size_t> approx_start;  // k -> first entry in prefix_approx
+        // Guide of row k (k < guide_k): G_k = 2 (k + 1) buckets of equal width
+        // over [0, V(n, k)); bucket b holds the j of its lowest index, so the
+        // search for j is one load plus a step or two instead of a binary search.
+        std::size_t guide_k = 0;
+        std::vector<std::uint16_t> guide;
+        std::vector<std::uint32_t> guide_start;  // k -> first bucket
+        std::vector<double> guide_scale;         // k -> G_k / V(n, k) (V scaled like approx(., row_limbs[k]))
+        // The bucket of r (row k, row_limbs[k] words), clamped to the row.
+        std::size_t bucket(std::size_t k, double ra) const noexcept {
+            const auto b = static_cast<std::size_t>(ra * guide_scale[k]);
+            return std::min(b, 2 * k + 1);
+        }
+        const std::uint64_t* count(std::size_t k) const noexcept { return counts.data() + k * limbs; }
+        const std::uint64_t* row(std::size_t k) const noexcept { return prefix.data() + row_start[k]; }
+    };
+
+    pvq_split_index() = default;
+    // dim >= 1, 1 <= pulses; throws svq::invalid_argument for zero sizes and
+    // svq::overflow_error when V(N, K) needs more than 1024 bits.
+    pvq_split_index(std::size_t dim, std::size_t pulses) : dim_(dim), pulses_(pulses) {
+        if (dim == 0) throw invalid_argument("pvq_split_index: dimension N must be >= 1, got 0");
+        if (pulses == 0)
+            throw invalid_argument(fmt::format("pvq_split_index: pulses K must be >= 1, got 0 (N = {})", dim));
+        index_bits_ = pvq_index_bits(dim, pulses);
+        if (index_bits_ > 1024)
+            throw overflow_error(fmt::format("pvq_split_index: index of N={}, K={} needs {} bits (at most 1024)", dim,
+                                             pulses, index_bits_));
+        root_ = build(dim, true);
+        // Nodes of each level in one tree (children have lower level numbers).
+        nodes_.assign(levels_.size(), 0);
+        nodes_[static_cast<std::size_t>(root_)] = 1;
+        for (std::size_t i = levels_.size(); i-- > 0;)
+            if (levels_[i].n >= 2) {
+                nodes_[static_cast<std::size_t>(levels_[i].left)] += nodes_[i];
+                nodes_[static_cast<std::size_t>(levels_[i].right)] += nodes_[i];
+            }
+        build_leaves();
+    }
+
+    std::size_t dim() const noexcept { return dim_; }
+    std::size_t pulses() const noexcept { return pulses_; }
+    std::size_t index_bits() const noexcept { return index_bits_; }
+    // Words of a group's index (of V(N, K)).
+    std::size_t limbs() const noexcept { return levels_[static_cast<std::size_t>(root_)].limbs; }
+    const std::vector<level>& levels() const noexcept { return levels_; }
+    int root() const noexcept { return root_; }
+    // V(N, K) in limbs() words.
+    const std::uint64_t* size_limbs() const noexcept { return levels_[static_cast<std::size_t>(root_)].count(pulses_); }
+    // Bytes of the tables.
+    std::size_t table_bytes() const noexcept {
+        std::size_t b = 0;
+        for (const level& l : levels_)
+            b += 8 * (l.counts.size() + l.prefix.size() + l.prefix_approx.size() + l.inverse.size() + l.norm.size() +
+                      l.norm_recip.size() + l.guide_scale.size()) +
+                 l.norm_shift.size() + l.count_words.size() +
+                 sizeof(std::size_t) * (l.row_start.size() + l.approx_start.size()) + l.row_limbs.size() +
+                 2 * l.guide.size() + 4 * l.guide_start.size();
+        b += 4 * leaf4_.size() + sizeof(std::size_t) * leaf_start_.size() + 8 * leaf8_.size() +
+             sizeof(std::size_t) * leaf8_start_.size();
+        return b;
+    }
+
+    // index (limbs() words) < V(N, K)?
+    bool in_range(const std::uint64_t* index) const noexcept {
+        return detail::limbs_less(index, size_limbs(), limbs());
+    }
+
+    // y: a point of P(N, K) (dim ints, unchecked); index: limbs() words.
+    void rank(const int* y, std::uint64_t* index) const noexcept { rank_node(root_, pulses_, y, index); }
+    template <IndexType Index>
+    Index rank(std::span<const int> y) const noexcept {
+        std::array<std::uint64_t, detail::max_split_limbs> w{};
+        rank(y.data(), w.data());
+        return detail::index_from_limbs<Index>(w.data(), limbs());
+    }
+
+    // index (limbs() words, < V(N, K), unchecked) -> y (dim ints).
+    void unrank(const std::uint64_t* index, int* y) const {
+        thread_local unrank_workspace ws;  // allocation-free after a thread's first call
+        unrank_batch(index, 1, y, ws);
+    }
+
+    // Scratch of unrank_batch (reused across calls to avoid allocations).
+    struct unrank_workspace {
+        struct wide_task {
+            int lv;
+            std::uint32_t k;
+            std::uint32_t y;  // offset of the node's first coordinate in the output
+            std::array<std::uint64_t, detail::max_split_limbs> r;
+        };
+        struct narrow_task {
+            std::uint64_t r;
+            std::uint32_t y;
+            std::uint32_t k;
+        };
+        std::vector<wide_task> wide, wide_next;
+        std::vector<narrow_task> narrow;  // one segment per level
+        std::vector<std::size_t> start, fill;
+    };
+
+    // count indices (limbs() words each, index g at index + g * limbs(), each
+    // < V(N, K), unchecked) -> count points (point g at y + g * dim()).
+    // Breadth-first over the nodes of all count trees: first the wide nodes
+    // depth by depth, then the 64-bit nodes level by level (largest first), so
+    // one loop runs over many independent nodes of the same size with that
+    // level's tables hoisted. The output is zeroed first and nodes with no
+    // pulses are never queued.
+    void unrank_batch(const std::uint64_t* index, std::size_t count, int* y, unrank_workspace& ws) const {
+        const std::size_t w = limbs(), nl = levels_.size();
+        std::fill_n(y, count * dim_, 0);
+        ws.wide.clear();
+        ws.start.resize(nl + 1);
+        ws.fill.assign(nl, 0);
+        ws.start[0] = 0;
+        for (std::size_t i = 0; i < nl; ++i) ws.start[i + 1] = ws.start[i] + count * nodes_[i];
+        if (ws.narrow.size() < ws.start[nl]) ws.narrow.resize(ws.start[nl]);
+        for (std::size_t g = 0; g < count; ++g)
+            queue(ws, ws.wide, root_, pulses_, index + g * w, static_cast<std::uint32_t>(g * dim_));
+        while (!ws.wide.empty()) {
+            ws.wide_next.clear();
+            for (const auto& t : ws.wide) {
+                const level& l = levels_[static_cast<std::size_t>(t.lv)];
+                std::size_t j = 0;
+                std::array<std::uint64_t, detail::max_split_limbs> q, rr;
+                split_wide(l, t.k, t.r.data(), j, q.data(), rr.data());
+                queue(ws, ws.wide_next, l.left, j, q.data(), t.y);
+                queue(ws, ws.wide_next, l.right, t.k - j, rr.data(), t.y + static_cast<std::uint32_t>(l.n / 2));
+            }
+            std::swap(ws.wide, ws.wide_next);
+        }
+        for (std::size_t lv = nl; lv-- > 0;) {
+            const level& l = levels_[lv];
+            const auto* task = ws.narrow.data() + ws.start[lv];
+            const std::size_t m = ws.fill[lv];
+            if (l.n == 1) {
+                for (std::size_t i = 0; i < m; ++i) {
+                    const int ik = static_cast<int>(task[i].k);
+                    y[task[i].y] = task[i].r != 0 ? -ik : ik;
+                }
+                continue;
+            }
+            if (l.n == 2) {
+                for (std::size_t i = 0; i < m; ++i) unrank2(task[i].k, task[i].r, y + task[i].y);
+                continue;
+            }
+            const bool leaves = l.n == 4 && leaf_k_ > 0;
+            const bool leaves8 = l.n == 8 && leaf8_k_ > 0;
+            const std::uint32_t half = static_cast<std::uint32_t>(l.n / 2);
+            const level& right = levels_[static_cast<std::size_t>(l.right)];
+            const std::uint64_t* rcounts = right.counts.data();
+            const double* rinverse = right.inverse.data();
+            const std::size_t rlimbs = right.limbs;
+            auto* left_q = ws.narrow.data() + ws.start[static_cast<std::size_t>(l.left)];
+            auto* right_q = ws.narrow.data() + ws.start[static_cast<std::size_t>(l.right)];
+            std::size_t& left_fill = ws.fill[static_cast<std::size_t>(l.left)];
+            std::size_t& right_fill = ws.fill[static_cast<std::size_t>(l.right)];
+            for (std::size_t i = 0; i < m; ++i) {
+                const std::size_t k = task[i].k;
+                std::uint64_t r = task[i].r;
+                int* out = y + task[i].y;
+                if (leaves && k < leaf_k_) {  // every point of P(4, k): one load
+                    const std::uint32_t p = leaf4_[leaf_start_[k] + r];
+                    for (int c = 0; c < 4; ++c) out[c] = static_cast<std::int8_t>(p >> (8 * c));
+                    continue;
+                }
+                if (leaves8 && k < leaf8_k_) {  // every point of P(8, k), small k: one load
+                    const std::uint64_t p = leaf8_[leaf8_start_[k] + r];
+                    for (int c = 0; c < 8; ++c) out[c] = static_cast<std::int8_t>(p >> (8 * c));
+                    continue;
+                }
+                const std::uint64_t* c = l.row(k);
+                const std::size_t j = find64(l, k, r);
+                r -= c[j];
+                const std::uint64_t d = rcounts[(k - j) * rlimbs];
+                std::uint64_t q;
+                if (c[k + 1] <= (std::uint64_t{1} << 52)) {  // r < 2^52: a double estimate, off by at most one
+                    q = static_cast<std::uint64_t>(static_cast<double>(r) * rinverse[k - j]);
+                    const auto rem = static_cast<std::int64_t>(r - q * d);
+                    q = rem < 0 ? q - 1 : (rem >= static_cast<std::int64_t>(d) ? q + 1 : q);
+                } else {
+                    q = r / d;
+                }
+                // Both halves are queued (a node without pulses writes nothing;
+                // skipping it would cost a branch per node).
+                left_q[left_fill] = {q, task[i].y, static_cast<std::uint32_t>(j)};
+                left_fill += j != 0;
+                right_q[right_fill] = {r - q * d, task[i].y + half, static_cast<std::uint32_t>(k - j)};
+                right_fill += k != j;
+            }
+        }
+    }
+
+    // Checked: svq::corrupt_data for an index >= V(N, K).
+    template <IndexType Index>
+    void unrank(const Index& index, std::span<int> y) const {
+        if (y.size() != dim_)
+            throw invalid_argument(
+                fmt::format("pvq_split_index::unrank: output has {} entries, N = {}", y.size(), dim_));
+        std::array<std::uint64_t, detail::max_split_limbs> w{};
+        if (index_bits_v < Index >> 64 * limbs()) {
+            detail::index_to_limbs(index, w.data(), detail::max_split_limbs);
+            if (detail::limbs_used(w.data(), detail::max_split_limbs) > limbs() || !in_range(w.data()))
+                throw corrupt_data(fmt::format("pvq_split_index::unrank: index {} is not below V(N={}, K={})",
+                                               to_decimal(index), dim_, pulses_));
+        } else {
+            detail::index_to_limbs(index, w.data(), limbs());
+            if (!in_range(w.data()))
+                throw corrupt_data(fmt::format("pvq_split_index::unrank: index {} is not below V(N={}, K={})",
+                                               to_decimal(index), dim_, pulses_));
+        }
+        unrank(w.data(), y.data());
+    }
+
+    // 64-bit node (V(n, K) < 2^64): the machine-word path of unrank.
+    void unrank64(int lv, std::size_t k, std::uint64_t r, int* y) const noexcept {
+        const level& l = levels_[static_cast<std::size_t>(lv)];
+        if (k == 0) {
+            std::fill_n(y, l.n, 0);
+            return;
+        }
+        const int ik = static_cast<int>(k);
+        if (l.n == 1) {
+            y[0] = r != 0 ? -ik : ik;
+            return;
+        }
+        if (l.n == 2) {
+            unrank2(k, r, y);
+            return;
+        }
+        if (l.n == 4 && k < leaf_k_) {  // every point of P(4, k): one load
+            const std::uint32_t p = leaf4_[leaf_start_[k] + r];
+            for (int i = 0; i < 4; ++i) y[i] = static_cast<std::int8_t>(p >> (8 * i));
+            return;
+        }
+        const std::uint64_t* c = l.row(k);
+        const std::size_t j = find64(l, k, r);
+        r -= c[j];
+        const level& right = levels_[static_cast<std::size_t>(l.right)];
+        const std::uint64_t d = right.counts[(k - j) * right.limbs];
+        const std::uint64_t q = divide64(l, k, j, r);
+        unrank64(l.left, j, q, y);
+        unrank64(l.right, k - j, r - q * d, y + l.n / 2);
+    }
+
+    // r / V(nR, k - j) for r < V(nL, j) V(nR, k - j) (row k of 64-bit words).
+    std::uint64_t divide64(const level& l, std::size_t k, std::size_t j, std::uint64_t r) const noexcept {
+        const level& right = levels_[static_cast<std::size_t>(l.right)];
+        const std::uint64_t d = right.counts[(k - j) * right.limbs];
+        if (l.row(k)[k + 1] <= (std::uint64_t{1} << 52)) {
+            // r < 2^52 is exact in a double; the estimate is off by at most one.
+            auto q = static_cast<std::uint64_t>(static_cast<double>(r) * right.inverse[k - j]);
+            const auto rem = static_cast<std::int64_t>(r - q * d);
+            return rem < 0 ? q - 1 : (rem >= static_cast<std::int64_t>(d) ? q + 1 : q);
+        }
+        return r / d;
+    }
+
+    // Largest j in [0, k] with C(j) <= r (C(0) = 0 <= r < C(k + 1)) on a row of
+    // 64-bit words: the guide's bucket, then steps (usually none); a
+    // branch-free binary search for rows without a guide.
+    static std::size_t find64(const level& l, std::size_t k, std::uint64_t r) noexcept {
+        const std::uint64_t* c = l.row(k);
+        if (k < l.guide_k) {
+            std::size_t j = l.guide[l.guide_start[k] + l.bucket(k, static_cast<double>(r))];
+            // One step each way without branches (a mispredicted step would
+            // flush the neighbouring nodes' work), then the rare longer walks.
+            j -= static_cast<std::size_t>(j > 0 && c[j] > r);
+            j += static_cast<std::size_t>(c[j + 1] <= r);
+            while (c[j] > r) --j;
+            while (c[j + 1] <= r) ++j;
+            return j;
+        }
+        const std::uint64_t* base = c;
+        for (std::size_t len = k + 1; len > 1;) {
+            const std::size_t half = len / 2;
+            base = base[half] <= r ? base + half : base;
+            len -= half;
+        }
+        return static_cast<std::size_t>(base - c);
+    }
+
+    // Two coordinates, k >= 1 pulses, r < 4k: the split order in closed form
+    // (C(0) = 0, C(1) = 2, C(j) = 4j - 2 for 1 <= j <= k).
+    static void unrank2(std::size_t k, std::uint64_t r, int* y) noexcept {
+        const int ik = static_cast<int>(k);
+        if (r < 2) {
+            y[0] = 0;
+            y[1] = r != 0 ? -ik : ik;
+        } else if (r >= 4 * k - 2) {
+            y[0] = r != 4 * k - 2 ? -ik : ik;
+            y[1] = 0;
+        } else {
+            const auto j = static_cast<int>((r - 2) / 4 + 1);
+            const std::uint64_t s = (r - 2) % 4;
+            y[0] = (s & 2) != 0 ? -j : j;
+            y[1] = (s & 1) != 0 ? -(ik - j) : ik - j;
+        }
+    }
+
+private:
+    // Level of size n (built bottom-up, children first); the root keeps only row K.
+    int build(std::size_t n, bool is_root) {
+        for (std::size_t i = 0; i < levels_.size(); ++i)
+            if (levels_[i].n == n && !is_root) return static_cast<int>(i);
+        level l;
+        l.n = n;
+        l.limbs = (pvq_index_bits(n, pulses_) + 1 + 63) / 64;  // V(n, K) itself, not V - 1
+        if (n >= 2) {
+            l.left = build(n / 2, false);
+            l.right = build(n - n / 2, false);
+        }
+        const std::size_t lw = l.limbs, kmax = pulses_;
+        l.counts.assign((kmax + 1) * lw, 0);
+        if (n == 1) {
+            l.counts[0] = 1;
+            for (std::size_t k = 1; k <= kmax; ++k) l.counts[k * lw] = 2;
+            finish(l);
+            levels_.push_back(std::move(l));
+            return static_cast<int>(levels_.size() - 1);
+        }
+        const level& a = levels_[static_cast<std::size_t>(l.left)];
+        const level& b = levels_[static_cast<std::size_t>(l.right)];
+        const std::size_t first_k = is_root ? kmax : 0;
+        // Guides for the pulse counts a node of n meets in practice (about K n / N
+        // on average): up to twice that plus 16; rarer rows binary-search.
+        const std::size_t guide_k = is_root ? kmax + 1 : std::min(kmax, 2 * kmax * n / dim_ + 16) + 1;
+        l.guide_k = guide_k;
+        l.guide_start.assign(guide_k, 0);
+        l.guide_scale.assign(guide_k, 0.0);
+        l.row_start.assign(kmax + 1, 0);
+        l.approx_start.assign(kmax + 1, 0);
+        l.row_limbs.assign(kmax + 1, 1);
+        std::vector<std::uint64_t> row((kmax + 2) * lw);
+        std::array<std::uint64_t, detail::max_split_limbs> prod{};
+        // Words actually used by V(nL, t) and V(nR, t): the products of small
+        // counts (most of the table) take one or two word multiplications.
+        std::vector<std::size_t> a_used(kmax + 1), b_used(kmax + 1);
+        for (std::size_t t = 0; t <= kmax; ++t) {
+            a_used[t] = detail::limbs_used(a.count(t), a.limbs);
+            b_used[t] = detail::limbs_used(b.count(t), b.limbs);
+        }
+        l.prefix.reserve(is_root ? (kmax + 2) * lw : (kmax + 1) * (kmax + 2) / 2 * lw);
+        for (std::size_t k = first_k; k <= kmax; ++k) {
+            std::fill_n(row.begin(), lw, std::uint64_t{0});
+            for (std::size_t t = 0; t <= k; ++t) {
+                // C(t + 1) = C(t) + V(nL, t) V(nR, k - t)
+                const std::size_t pw = std::min(lw, a_used[t] + b_used[k - t]);
+                detail::limbs_mul(a.count(t), a_used[t], b.count(k - t), b_used[k - t], prod.data(), pw);
+                const std::uint64_t* prev = row.data() + t * lw;
+                std::uint64_t* cur = row.data() + (t + 1) * lw;
+                unsigned char carry = 0;
+                std::size_t i = 0;
+                for (; i < pw; ++i) cur[i] = detail::add_carry(prev[i], prod[i], carry, carry);
+                for (; i < lw; ++i) cur[i] = detail::add_carry(prev[i], 0, carry, carry);
+            }
+            std::copy_n(row.data() + (k + 1) * lw, lw, l.counts.data() + k * lw);
+            const std::size_t w = std::max<std::size_t>(1, detail::limbs_used(row.data() + (k + 1) * lw, lw));
+            l.row_limbs[k] = static_cast<std::uint8_t>(w);
+            l.row_start[k] = l.prefix.size();
+            for (std::size_t t = 0; t <= k + 1; ++t)
+                l.prefix.insert(l.prefix.end(), row.begin() + static_cast<std::ptrdiff_t>(t * lw),
+                                row.begin() + static_cast<std::ptrdiff_t>(t * lw + w));
+            if (w > 1) {
+                l.approx_start[k] = l.prefix_approx.size();
+                for (std::size_t t = 0; t <= k + 1; ++t) l.prefix_approx.push_back(approx(row.data() + t * lw, w));
+            }
+            if (k < guide_k) build_guide(l, k, row.data(), lw, w);
+        }
+        finish(l);
+        levels_.push_back(std::move(l));
+        return static_cast<int>(levels_.size() - 1);
+    }
+
+    // Guide of row k: C(t) at row + t * lw, w words used (see level::guide).
+    static void build_guide(level& l, std::size_t k, const std::uint64_t* row, std::size_t lw, std::size_t w) {
+        const std::size_t g = 2 * (k + 1);
+        const double total = approx(row + (k + 1) * lw, w);
+        l.guide_start[k] = static_cast<std::uint32_t>(l.guide.size());
+        l.guide_scale[k] = static_cast<double>(g) / total;
+        std::size_t j = 0;
+        for (std::size_t b = 0; b < g; ++b) {
+            const double lo = static_cast<double>(b) * total / static_cast<double>(g);
+            while (j < k && approx(row + (j + 1) * lw, w) <= lo) ++j;
+            l.guide.push_back(static_cast<std::uint16_t>(j));
+        }
+    }
+
+    // x (w words) * 2^(-64 (w - 1)) as a double.
+    static double approx(const std::uint64_t* x, std::size_t w) noexcept {
+        double v = static_cast<double>(x[w - 1]);
+        if (w >= 2) v += 0x1p-64 * static_cast<double>(x[w - 2]);
+        if (w >= 3) v += 0x1p-128 * static_cast<double>(x[w - 3]);  // lower words are below double precision
+        return v;
+    }
+
+    void finish(level& l) const {
+        l.inverse.assign(pulses_ + 1, 0.0);
+        for (std::size_t k = 0; k <= pulses_; ++k) {
+            const double v = approx(l.count(k), l.limbs) * std::ldexp(1.0, 64 * static_cast<int>(l.limbs - 1));
+            l.inverse[k] = v > 0.0 ? 1.0 / v : 0.0;
+        }
+        l.norm.assign((pulses_ + 1) * l.limbs, 0);
+        l.norm_shift.assign(pulses_ + 1, 0);
+        l.count_words.assign(pulses_ + 1, 1);
+        l.norm_recip.assign(pulses_ + 1, 0);
+        for (std::size_t k = 0; k <= pulses_; ++k) {
+            const std::uint64_t* d = l.count(k);
+            const std::size_t u = std::max<std::size_t>(1, detail::limbs_used(d, l.limbs));
+            const int sh = d[u - 1] != 0 ? std::countl_zero(d[u - 1]) : 0;  // 0: a row the root does not keep
+            std::uint64_t* v = l.norm.data() + k * l.limbs;
+            for (std::size_t i = u; i-- > 0;) v[i] = (d[i] << sh) | (sh != 0 && i > 0 ? d[i - 1] >> (64 - sh) : 0);
+            l.norm_shift[k] = static_cast<std::uint8_t>(sh);
+            l.norm_recip[k] = v[u - 1] != 0 ? detail::reciprocal_word(v[u - 1]) : 0;
+            l.count_words[k] = static_cast<std::uint8_t>(u);
+        }
+    }
+
+    void rank_node(int lv, std::size_t k, const int* y, std::uint64_t* out) const noexcept {
+        const level& l = levels_[static_cast<std::size_t>(lv)];
+        std::fill_n(out, l.limbs, std::uint64_t{0});
+        if (k == 0) return;
+        if (l.n == 1) {
+            out[0] = y[0] < 0 ? 1 : 0;
+            return;
+        }
+        const std::size_t nl = l.n / 2;
+        std::size_t kl = 0;
+        for (std::size_t i = 0; i < nl; ++i) kl += static_cast<std::size_t>(std::abs(y[i]));
+        const level& a = levels_[static_cast<std::size_t>(l.left)];
+        const level& b = levels_[static_cast<std::size_t>(l.right)];
+        std::array<std::uint64_t, detail::max_split_limbs> il{}, ir{}, prod{};
+        rank_node(l.left, kl, y, il.data());
+        rank_node(l.right, k - kl, y + nl, ir.data());
+        const std::size_t w = l.row_limbs[k];
+        std::copy_n(l.row(k) + kl * w, w, out);
+        detail::limbs_mul(il.data(), a.limbs, b.count(k - kl), b.limbs, prod.data(), l.limbs);
+        detail::limbs_add(out, prod.data(), l.limbs);
+        std::fill(ir.begin() + static_cast<std::ptrdiff_t>(b.limbs), ir.end(), std::uint64_t{0});
+        detail::limbs_add(out, ir.data(), l.limbs);
+    }
+
+    // One split of a node whose row k needs w >= 2 words: j, then the halves'
+    // indices q (left) and rr (right), w words each.
+    void split_wide(const level& l, std::size_t k, const std::uint64_t* r, std::size_t& j, std::uint64_t* q,
+                    std::uint64_t* rr) const noexcept {
+        switch (l.row_limbs[k]) {  // rows of up to 512 bits: code with the sizes fixed
+            case 2:
+                return split_wide_fixed<2>(l, k, r, j, q, rr);
+            case 3:
+                return split_wide_fixed<3>(l, k, r, j, q, rr);
+            case 4:
+                return split_wide_fixed<4>(l, k, r, j, q, rr);
+            case 5:
+                return split_wide_fixed<5>(l, k, r, j, q, rr);
+            case 6:
+                return split_wide_fixed<6>(l, k, r, j, q, rr);
+            case 7:
+                return split_wide_fixed<7>(l, k, r, j, q, rr);
+            case 8:
+                return split_wide_fixed<8>(l, k, r, j, q, rr);
+            default:
+                break;
+        }
+        const std::size_t w = l.row_limbs[k];
+        const std::uint64_t* c = l.row(k);
+        j = guess_wide(l, k, r, w);
+        while (j > 0 && detail::limbs_less(r, c + j * w, w)) --j;
+        while (j < k && !detail::limbs_less(r, c + (j + 1) * w, w)) ++j;
+        std::array<std::uint64_t, detail::max_split_limbs> rem;
+        std::copy_n(r, w, rem.data());
+        detail::limbs_sub(rem.data(), c + j * w, w);
+        const level& b = levels_[static_cast<std::size_t>(l.right)];
+        detail::limbs_divmod(rem.data(), w, b.count(k - j), std::min(b.limbs, w), q, w, rr);
+    }
+
+    // j from the guide (or a binary search on the double approximations of
+    // row k when it has none): exact or off by a step or two.
+    static std::size_t guess_wide(const level& l, std::size_t k, const std::uint64_t* r, std::size_t w) noexcept {
+        const double ra = static_cast<double>(r[w - 1]) + 0x1p-64 * static_cast<double>(r[w - 2]);
+        if (k < l.guide_k) return l.guide[l.guide_start[k] + l.bucket(k, ra)];
+        const double* ca = l.prefix_approx.data() + l.approx_start[k];
+        const double* base = ca;
+        for (std::size_t len = k + 1; len > 1;) {
+            const std::size_t half = len / 2;
+            base = base[half] <= ra ? base + half : base;
+            len -= half;
+        }
+        return static_cast<std::size_t>(base - ca);
+    }
+
+    // split_wide for a row of W words: branch-free compares and subtraction,
+    // division by the pre-normalised divisor with its precomputed reciprocal.
+    template <std::size_t W>
+    void split_wide_fixed(const level& l, std::size_t k, const std::uint64_t* r, std::size_t& jout, std::uint64_t* q,
+                          std::uint64_t* rr) const noexcept {
+        const std::uint64_t* c = l.row(k);
+        std::size_t j = guess_wide(l, k, r, W);
+        // One step each way without branches, then the rare longer walks.
+        j -= static_cast<std::size_t>(j > 0 && detail::fixed_less<W>(r, c + j * W));
+        j += static_cast<std::size_t>(j < k && !detail::fixed_less<W>(r, c + (j + 1) * W));
+        while (j > 0 && detail::fixed_less<W>(r, c + j * W)) --j;
+        while (j < k && !detail::fixed_less<W>(r, c + (j + 1) * W)) ++j;
+        jout = j;
+        std::uint64_t rem[W];
+        unsigned char borrow = 0;
+        for (std::size_t i = 0; i < W; ++i) rem[i] = detail::sub_borrow(r[i], c[j * W + i], borrow, borrow);
+        const level& b = levels_[static_cast<std::size_t>(l.right)];
+        const std::size_t t = k - j;
+        const std::uint64_t* vn = b.norm.data() + t * b.limbs;
+        const int sh = b.norm_shift[t];
+        const std::uint64_t v = b.norm_recip[t];
+        switch (b.count_words[t]) {
+            case 1:
+                return detail::divmod_fixed<W, 1>(rem, vn, sh, v, q, rr);
+            case 2:
+                if constexpr (W >= 2)
+                    return detail::divmod_fixed<W, 2>(rem, vn, sh, v, q, rr);
+                else
+                    break;
+            case 3:
+                if constexpr (W >= 3)
+                    return detail::divmod_fixed<W, 3>(rem, vn, sh, v, q, rr);
+                else
+                    break;
+            case 4:
+                if constexpr (W >= 4)
+                    return detail::divmod_fixed<W, 4>(rem, vn, sh, v, q, rr);
+                else
+                    break;
+            case 5:
+                if constexpr (W >= 5)
+                    return detail::divmod_fixed<W, 5>(rem, vn, sh, v, q, rr);
+                else
+                    break;
+            case 6:
+                if constexpr (W >= 6)
+                    return detail::divmod_fixed<W, 6>(rem, vn, sh, v, q, rr);
+                else
+                    break;
+            case 7:
+                if constexpr (W >= 7)
+                    return detail::divmod_fixed<W, 7>(rem, vn, sh, v, q, rr);
+                else
+                    break;
+            case 8:
+                if constexpr (W >= 8)
+                    return detail::divmod_fixed<W, 8>(rem, vn, sh, v, q, rr);
+                else
+                    break;
+            default:
+                break;
+        }
+        detail::limbs_divmod(rem, W, b.count(t), std::min(b.limbs, W), q, W, rr);  // not reached: words <= W
+    }
+
+    // Queues node (lv, k, r) (r: at least the words of V(n, k)): on `wide` when
+    // its row needs more than one word, else on its level's 64-bit segment;
+    // nodes without pulses are dropped (the output is zero already).
+    void queue(unrank_workspace& ws, std::vector<unrank_workspace::wide_task>& wide, int lv, std::size_t k,
+               const std::uint64_t* r, std::uint32_t y) const {
+        if (k == 0) return;
+        const level& l = levels_[static_cast<std::size_t>(lv)];
+        if (l.n == 1 || l.row_limbs[k] == 1) {
+            const auto i = static_cast<std::size_t>(lv);
+            ws.narrow[ws.start[i] + ws.fill[i]++] = {r[0], y, static_cast<std::uint32_t>(k)};
+        } else {
+            auto& t = wide.emplace_back();
+            t.lv = lv;
+            t.k = static_cast<std::uint32_t>(k);
+            t.y = y;
+            std::copy_n(r, l.row_limbs[k], t.r.data());
+        }
+    }
+
+    // Tables of all points of P(4, k) and P(8, k) for small k, in split order,
+    // one int8 per coordinate. A point of P(2m, k) with j pulses on the left is
+    // the concatenation of a point of P(m, j) and one of P(m, k - j), in the
+    // order (j, left index, right index): the tables are built by
+    // concatenating the smaller ones (pairs in closed form), no unranking.
+    //   P(4, k): k <= 15 (39,041 entries, 156 kB), or k <= 19 (97,281 entries,
+    //     389 kB) where nodes of 4 hold more than 8 pulses on average
+    //     (4 K / N > 8: about 4 bpw at N = 128), so that few fall back to pairs;
+    //   P(8, k): k <= 6 (40,081 entries, 313 kB), only where nodes of 8 hold
+    //     few pulses on average (8 K / N <= 6: about 2 bpw at N = 128; at 3 bpw
+    //     they hold ~11 and the table would serve few of them).
+    static constexpr std::size_t leaf8_pulses = 6;
+    void build_leaves() {
+        const auto has_level = [&](std::size_t n) {
+            for (std::size_t i = 0; i < levels_.size(); ++i)
+                if (levels_[i].n == n && static_cast<int>(i) != root_) return true;
+            return false;
+        };
+        if (!has_level(4)) return;
+        const std::size_t leaf_pulses = 4 * pulses_ > 8 * dim_ ? 19 : 15;
+        const std::size_t kmax = std::min(leaf_pulses, pulses_);
+        // Points packed 8 bits per coordinate, lowest coordinate in the low byte.
+        using table = std::vector<std::vector<std::uint64_t>>;
+        table p2(kmax + 1), p4(kmax + 1);
+        p2[0].push_back(0);
+        int y[2];
+        for (std::size_t k = 1; k <= kmax; ++k)
+            for (std::uint64_t r = 0; r < 4 * k; ++r) {
+                unrank2(k, r, y);
+                p2[k].push_back(pack8(y[0]) | pack8(y[1]) << 8);
+            }
+        // Entries of P(2m, k) from the half table (to reserve once: the tables
+        // are large enough for regrowth to show in construction time).
+        const auto entries = [](const table& half, std::size_t k) {
+            std::size_t e = 0;
+            for (std::size_t j = 0; j <= k; ++j) e += half[j].size() * half[k - j].size();
+            return e;
+        };
+        const auto concat = [](const table& half, std::size_t k, unsigned shift, std::vector<std::uint64_t>& out) {
+            for (std::size_t j = 0; j <= k; ++j)
+                for (const std::uint64_t a : half[j])
+                    for (const std::uint64_t b : half[k - j]) out.push_back(a | b << shift);
+        };
+        leaf_start_.assign(leaf_pulses + 1, 0);
+        std::size_t total = 0;
+        for (std::size_t k = 0; k <= kmax; ++k) total += entries(p2, k);
+        leaf4_.clear();
+        leaf4_.reserve(total);
+        for (std::size_t k = 0; k <= kmax; ++k) {
+            p4[k].reserve(entries(p2, k));
+            concat(p2, k, 16, p4[k]);
+            leaf_start_[k] = leaf4_.size();
+            for (const std::uint64_t p : p4[k]) leaf4_.push_back(static_cast<std::uint32_t>(p));
+        }
+        leaf_k_ = kmax + 1;
+        if (!has_level(8) || 8 * pulses_ > leaf8_pulses * dim_) return;
+        const std::size_t kmax8 = std::min(leaf8_pulses, pulses_);
+        leaf8_start_.assign(leaf8_pulses + 1, 0);
+        total = 0;
+        for (std::size_t k = 0; k <= kmax8; ++k) total += entries(p4, k);
+        leaf8_.clear();
+        leaf8_.reserve(total);
+        for (std::size_t k = 0; k <= kmax8; ++k) {
+            leaf8_start_[k] = leaf8_.size();
+            concat(p4, k, 32, leaf8_);
+        }
+        leaf8_k_ = kmax8 + 1;
+    }
+    static std::uint64_t pack8(int v) noexcept { return static_cast<std::uint8_t>(static_cast<std::int8_t>(v)); }
+
+    std::vector<std::uint32_t> leaf4_;
+    std::size_t leaf_k_ = 0;  // the table serves k < leaf_k_ (0 while it is built)
+    std::vector<std::size_t> leaf_start_;
+    std::vector<std::uint64_t> leaf8_;
+    std::size_t leaf8_k_ = 0;  // 0: no P(8, k) table
+    std::vector<std::size_t> leaf8_start_;
+    std::size_t dim_ = 0;
+    std::size_t pulses_ = 0;
+    std::size_t index_bits_ = 0;
+    std::vector<level> levels_;
+    std::vector<std::size_t> nodes_;  // level -> nodes of that size in one tree
+    int root_ = -1;
+};
+
+}  // namespace svq

@@ -1,0 +1,323 @@
+// Split-order index (kernels/split_index.hpp) and the fast matrix kernels
+// (kernels/gemv.hpp): bijection, table-driven coder against the plain
+// definition, dequantize bit for bit, gemv against a float GEMV.
+#include "catch.hpp"
+
+#include <common/synthetic.hpp>
+
+#include <svq/kernels/gemv.hpp>
+#include <svq/kernels/split_index.hpp>
+#include <svq/matrix/quantized_matrix.hpp>
+#include <svq/pvq/count.hpp>
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <set>
+#include <vector>
+
+namespace {
+
+// Uniform random index below V(N, K), as limbs words.
+std::vector<std::uint64_t> random_index(const svq::pvq_split_index& ix, std::mt19937_64& rng) {
+    std::vector<std::uint64_t> w(ix.limbs());
+    for (;;) {
+        for (std::size_t t = 0; t < w.size(); ++t) {
+            const std::size_t bits = std::min<std::size_t>(64, ix.index_bits() - std::min(ix.index_bits(), 64 * t));
+            w[t] = bits == 0 ? 0 : (bits == 64 ? rng() : rng() & ((std::uint64_t{1} << bits) - 1));
+        }
+        if (ix.in_range(w.data())) return w;
+    }
+}
+
+bool valid_point(const std::vector<int>& y, std::size_t k) {
+    long long total = 0;
+    for (int v : y) total += std::abs(v);
+    return total == static_cast<long long>(k);
+}
+
+// Fast (tables) vs plain definition on `count` random indices, and rank(unrank(i)) == i.
+template <class Index>
+void check_against_definition(std::size_t n, std::size_t k, int count, std::uint64_t seed) {
+    const svq::pvq_split_index fast(n, k);
+    const svq::pvq_split_lattice<Index> plain(n, k);
+    REQUIRE(svq::detail::index_from_limbs<Index>(fast.size_limbs(), fast.limbs()) == plain.size());
+    REQUIRE(plain.size() == svq::pvq_count<Index>(n, k));
+    std::mt19937_64 rng(seed);
+    std::vector<int> a(n), b(n);
+    int mismatches = 0;
+    for (int i = 0; i < count; ++i) {
+        const std::vector<std::uint64_t> w = random_index(fast, rng);
+        const Index index = svq::detail::index_from_limbs<Index>(w.data(), w.size());
+        fast.unrank(w.data(), a.data());
+        plain.unrank(index, b);
+        mismatches += a != b;
+        std::vector<std::uint64_t> back(fast.limbs());
+        fast.rank(a.data(), back.data());
+        mismatches += back != w;
+        mismatches += plain.rank(a) != index;
+        mismatches += !valid_point(a, k);
+    }
+    INFO("N = " << n << " K = " << k);
+    REQUIRE(mismatches == 0);
+}
+
+svq::matrix_config config(std::size_t n, std::size_t k, unsigned gain_bits, unsigned scale_bits, bool rotate) {
+    svq::matrix_config c;
+    c.group_dim = n;
+    c.pulses = k;
+    c.gain_bits = gain_bits;
+    c.row_scale_bits = scale_bits;
+    c.rotate = rotate;
+    return c;
+}
+
+}  // namespace
+
+TEST_CASE("split order is a bijection for every N <= 6, K <= 7 (exhaustive)") {
+    for (std::size_t n = 1; n <= 6; ++n) {
+        for (std::size_t k = 1; k <= 7; ++k) {
+            const svq::pvq_split_lattice<std::uint64_t> plain(n, k);
+            const svq::pvq_split_index fast(n, k);
+            std::set<std::vector<int>> seen;
+            std::vector<int> y(n), z(n);
+            for (std::uint64_t i = 0; i < plain.size(); ++i) {
+                plain.unrank(i, y);
+                REQUIRE(valid_point(y, k));
+                REQUIRE(plain.rank(y) == i);
+                std::array<std::uint64_t, svq::detail::max_split_limbs> in{}, back{};
+                in[0] = i;
+                fast.unrank(in.data(), z.data());
+                REQUIRE(z == y);
+                fast.rank(y.data(), back.data());
+                REQUIRE(back[0] == i);
+                seen.insert(y);
+            }
+            REQUIRE(seen.size() == plain.size());
+            REQUIRE(plain.size() == svq::pvq_count<std::uint64_t>(n, k));
+        }
+    }
+}
+
+TEST_CASE("split order: left pulses ascending, then mixed radix (left, right)") {
+    // N = 2, K = 2: j = 0: (0, 2), (0, -2); j = 1: (1, 1), (1, -1), (-1, 1), (-1, -1); j = 2: (2, 0), (-2, 0).
+    const svq::pvq_split_lattice<std::uint64_t> plain(2, 2);
+    const std::vector<std::vector<int>> expected = {{0, 2},  {0, -2},  {1, 1}, {1, -1},
+                                                    {-1, 1}, {-1, -1}, {2, 0}, {-2, 0}};
+    std::vector<int> y(2);
+    for (std::uint64_t i = 0; i < 8; ++i) {
+        plain.unrank(i, y);
+        REQUIRE(y == expected[i]);
+    }
+}
+
+TEST_CASE("table-driven split index == the plain definition on random indices") {
+    check_against_definition<std::uint64_t>(8, 16, 20000, 1);
+    check_against_definition<std::uint64_t>(16, 27, 20000, 2);
+    check_against_definition<std::uint64_t>(7, 30, 20000, 3);
+    check_against_definition<svq::wide_uint<128>>(32, 50, 5000, 4);
+    check_against_definition<svq::wide_uint<256>>(100, 70, 1000, 5);
+    check_against_definition<svq::wide_uint<384>>(128, 187, 1000, 6);
+    check_against_definition<svq::wide_uint<768>>(128, 449, 300, 7);
+    check_against_definition<svq::wide_uint<1024>>(256, 760, 50, 8);
+    // Configurations with the P(8, k) leaf table (8 K <= 6 N) and the P(4, k) one.
+    check_against_definition<std::uint64_t>(16, 12, 20000, 9);
+    check_against_definition<svq::wide_uint<256>>(128, 83, 2000, 10);
+    check_against_definition<svq::wide_uint<128>>(64, 40, 2000, 11);
+}
+
+TEST_CASE("unrank_batch over many groups == the plain definition group by group") {
+    // (128, 83): P(8, k) leaves; (128, 184) and (128, 376): 3 and 4 bpw, wide nodes of 2 to 8 words.
+    for (const std::size_t k : {83, 184, 376}) {
+        const svq::pvq_split_index fast(128, k);
+        const svq::pvq_split_lattice<svq::wide_uint<512>> plain(128, k);
+        std::mt19937_64 rng(k);
+        const std::size_t groups = 64, w = fast.limbs();
+        std::vector<std::uint64_t> words(groups * w);
+        for (std::size_t g = 0; g < groups; ++g) {
+            const std::vector<std::uint64_t> one = random_index(fast, rng);
+            std::copy(one.begin(), one.end(), words.begin() + static_cast<std::ptrdiff_t>(g * w));
+        }
+        std::vector<int> y(groups * 128, 99), expect(128);
+        svq::pvq_split_index::unrank_workspace ws;
+        fast.unrank_batch(words.data(), groups, y.data(), ws);
+        int mismatches = 0;
+        for (std::size_t g = 0; g < groups; ++g) {
+            plain.unrank(svq::detail::index_from_limbs<svq::wide_uint<512>>(words.data() + g * w, w), expect);
+            mismatches += !std::equal(expect.begin(), expect.end(), y.begin() + static_cast<std::ptrdiff_t>(g * 128));
+        }
+        INFO("K = " << k);
+        REQUIRE(mismatches == 0);
+    }
+}
+
+TEST_CASE("table-driven split index round trips 10^5 random indices per configuration") {
+    for (const auto& [n, k] : std::vector<std::pair<std::size_t, std::size_t>>{
+             {8, 16}, {32, 50}, {128, 83}, {128, 187}, {128, 449}, {12, 19}, {1, 5}}) {
+        const svq::pvq_split_index ix(n, k);
+        std::mt19937_64 rng(n * 1000 + k);
+        std::vector<int> y(n);
+        std::vector<std::uint64_t> back(ix.limbs());
+        int bad = 0;
+        for (int i = 0; i < 100000; ++i) {
+            const std::vector<std::uint64_t> w = random_index(ix, rng);
+            ix.unrank(w.data(), y.data());
+            ix.rank(y.data(), back.data());
+            bad += back != w || !valid_point(y, k);
+        }
+        INFO("N = " << n << " K = " << k);
+        REQUIRE(bad == 0);
+    }
+}
+
+TEST_CASE("Knuth division agrees with multiply-back on wide operands") {
+    std::mt19937_64 rng(42);
+    for (int i = 0; i < 20000; ++i) {
+        const std::size_t ln = 1 + rng() % 8, ld = 1 + rng() % ln;
+        std::vector<std::uint64_t> num(ln), den(ld), q(ln), r(ld), back(ln + 1), prod(ln + 1);
+        for (auto& v : num) v = rng() >> (rng() % 64);
+        for (auto& v : den) v = rng() >> (rng() % 64);
+        if (rng() % 4 == 0) den[ld - 1] = ~std::uint64_t{0};  // the qhat = b - 1 path
+        if (svq::detail::limbs_used(den.data(), ld) == 0) den[0] = 1;
+        svq::detail::limbs_divmod(num.data(), ln, den.data(), ld, q.data(), ln, r.data());
+        REQUIRE(svq::detail::limbs_less(r.data(), den.data(), ld));
+        svq::detail::limbs_mul(q.data(), ln, den.data(), ld, prod.data(), ln + 1);
+        std::vector<std::uint64_t> rr(ln + 1, 0);
+        std::copy(r.begin(), r.end(), rr.begin());
+        svq::detail::limbs_add(prod.data(), rr.data(), ln + 1);
+        std::vector<std::uint64_t> expect(ln + 1, 0);
+        std::copy(num.begin(), num.end(), expect.begin());
+        REQUIRE(prod == expect);
+    }
+}
+
+namespace {
+
+// divmod_fixed<LN, LD> (pre-normalised divisor, reciprocal of its top word)
+// against the generic limbs_divmod on random operands.
+template <std::size_t LN, std::size_t LD>
+int fixed_division_mismatches(std::mt19937_64& rng, int count) {
+    int bad = 0;
+    for (int i = 0; i < count; ++i) {
+        std::array<std::uint64_t, LN> num{}, q{}, q_ref{};
+        std::array<std::uint64_t, LD> den{}, r{}, r_ref{}, vn{};
+        for (auto& v : num) v = rng() >> (rng() % 64);
+        for (auto& v : den) v = rng() >> (rng() % 64);
+        if (rng() % 4 == 0) den[LD - 1] = ~std::uint64_t{0};  // the qhat = b - 1 path
+        if (den[LD - 1] == 0) den[LD - 1] = 1 + rng() % 5;    // LD words used
+        const int s = std::countl_zero(den[LD - 1]);
+        for (std::size_t t = LD; t-- > 0;) vn[t] = (den[t] << s) | (s != 0 && t > 0 ? den[t - 1] >> (64 - s) : 0);
+        svq::detail::divmod_fixed<LN, LD>(num.data(), vn.data(), s, svq::detail::reciprocal_word(vn[LD - 1]), q.data(),
+                                          r.data());
+        svq::detail::limbs_divmod(num.data(), LN, den.data(), LD, q_ref.data(), LN, r_ref.data());
+        bad += q != q_ref || r != r_ref;
+    }
+    return bad;
+}
+
+}  // namespace
+
+TEST_CASE("fixed-size Knuth division with precomputed reciprocals == generic Knuth division") {
+    std::mt19937_64 rng(7);
+    REQUIRE(fixed_division_mismatches<2, 1>(rng, 20000) == 0);
+    REQUIRE(fixed_division_mismatches<2, 2>(rng, 20000) == 0);
+    REQUIRE(fixed_division_mismatches<3, 2>(rng, 20000) == 0);
+    REQUIRE(fixed_division_mismatches<4, 2>(rng, 20000) == 0);
+    REQUIRE(fixed_division_mismatches<5, 1>(rng, 20000) == 0);
+    REQUIRE(fixed_division_mismatches<6, 3>(rng, 20000) == 0);
+    REQUIRE(fixed_division_mismatches<7, 6>(rng, 20000) == 0);
+    REQUIRE(fixed_division_mismatches<8, 4>(rng, 20000) == 0);
+    REQUIRE(fixed_division_mismatches<8, 8>(rng, 20000) == 0);
+    // 2-by-1 with a precomputed reciprocal on the edge values.
+    for (const std::uint64_t d : {std::uint64_t{1} << 63, ~std::uint64_t{0}, (std::uint64_t{1} << 63) + 1}) {
+        const std::uint64_t v = svq::detail::reciprocal_word(d);
+        for (const std::uint64_t u1 : {std::uint64_t{0}, d - 1, d / 2}) {
+            for (const std::uint64_t u0 : {std::uint64_t{0}, ~std::uint64_t{0}, std::uint64_t{12345}}) {
+                std::uint64_t rem = 0, rem_ref = 0;
+                const std::uint64_t q = svq::detail::div_2by1_preinv(u1, u0, d, v, rem);
+                REQUIRE(q == svq::detail::div_2by1(u1, u0, d, rem_ref));
+                REQUIRE(rem == rem_ref);
+            }
+        }
+    }
+}
+
+TEST_CASE("matrix_decoder dequantizes bit for bit like quantized_matrix") {
+    const std::size_t rows = 24, cols = 300;  // 300 = 2 x 128 + a tail of 44 (or 9 x 32 + 12)
+    const std::vector<float> w = svq::examples::gaussian_matrix(rows, cols, 5);
+    for (const auto& c : {config(128, 187, 3, 16, true), config(128, 449, 4, 8, false), config(32, 50, 5, 16, true),
+                          config(8, 16, 2, 8, true), config(128, 83, 1, 16, false)}) {
+        const svq::quantized_matrix q = svq::quantize(w, rows, cols, c);
+        const std::vector<float> ref = q.dequantize();
+        const svq::matrix_decoder dec(q);
+        std::vector<float> fast(rows * cols, -1.0f), two(rows * cols, -2.0f);
+        dec.dequantize(fast);
+        dec.dequantize(two, 2);
+        INFO(svq::to_string(c));
+        REQUIRE(std::memcmp(fast.data(), ref.data(), ref.size() * sizeof(float)) == 0);
+        REQUIRE(std::memcmp(two.data(), ref.data(), ref.size() * sizeof(float)) == 0);
+        // The codec still reaches its SQNR in the new index order (same points, other indices).
+        double e = 0, d = 0;
+        for (std::size_t i = 0; i < w.size(); ++i) {
+            e += static_cast<double>(w[i]) * w[i];
+            d += (static_cast<double>(w[i]) - ref[i]) * (w[i] - ref[i]);
+        }
+        REQUIRE(10 * std::log10(e / d) > 8.0);
+    }
+}
+
+TEST_CASE("fused gemv == float GEMV on the dequantized matrix; batched == single") {
+    const std::size_t rows = 40, cols = 300;
+    const std::vector<float> w = svq::examples::gaussian_matrix(rows, cols, 9);
+    const std::vector<float> x = svq::examples::gaussian_matrix(16, cols, 10);  // 16 vectors
+    for (const bool rotate : {true, false}) {
+        const svq::quantized_matrix q = svq::quantize(w, rows, cols, config(128, 187, 3, 16, rotate));
+        const std::vector<float> wq = q.dequantize();
+        const svq::matrix_decoder dec(q);
+        std::vector<float> ys(16 * rows), yb(16 * rows), yt(16 * rows);
+        for (std::size_t c = 0; c < 16; ++c)
+            dec.gemv(std::span<const float>(x.data() + c * cols, cols), std::span<float>(ys.data() + c * rows, rows));
+        dec.gemv_batch(x, yb, 16);
+        dec.gemv_batch(x, yt, 16, 2);
+        REQUIRE(yb == ys);  // same operations in the same order per vector
+        REQUIRE(yt == ys);
+        double worst = 0.0;
+        for (std::size_t c = 0; c < 16; ++c) {
+            for (std::size_t r = 0; r < rows; ++r) {
+                double ref = 0.0, scale = 0.0;
+                for (std::size_t i = 0; i < cols; ++i) {
+                    ref += static_cast<double>(wq[r * cols + i]) * x[c * cols + i];
+                    scale += std::abs(static_cast<double>(wq[r * cols + i]) * x[c * cols + i]);
+                }
+                worst = std::max(worst, std::abs(ys[c * rows + r] - ref) / scale);
+            }
+        }
+        INFO("rotate " << rotate << ": largest |y - W x| / sum |w_i x_i| = " << worst);
+        REQUIRE(worst < 2e-6);
+    }
+}
+
+TEST_CASE("matrix_decoder rejects bad shapes and corrupt indices") {
+    const std::size_t rows = 8, cols = 256;
+    const std::vector<float> w = svq::examples::gaussian_matrix(rows, cols, 3);
+    const svq::quantized_matrix q = svq::quantize(w, rows, cols, config(128, 187, 3, 16, true));
+    const svq::matrix_decoder dec(q);
+    std::vector<float> x(cols), y(rows), small(rows - 1), out(rows * cols - 1);
+    REQUIRE_THROWS_AS(dec.gemv(std::span<const float>(x.data(), cols - 1), y), svq::invalid_argument);
+    REQUIRE_THROWS_AS(dec.gemv(x, small), svq::invalid_argument);
+    REQUIRE_THROWS_AS(dec.gemv_batch(x, y, 0), svq::invalid_argument);
+    REQUIRE_THROWS_AS(dec.dequantize(out), svq::invalid_argument);
+    // All index bits set: above V(128, 187) (384 bits hold 2^384 - 1 > V).
+    std::vector<std::uint64_t> words(q.words().begin(), q.words().end());
+    for (std::size_t b = 16; b < 16 + q.layout().index_bits; ++b) words[b / 64] |= std::uint64_t{1} << (b % 64);
+    const svq::quantized_matrix bad(rows, cols, q.config(), q.reference_scale(), words);
+    const svq::matrix_decoder bad_dec(bad);
+    std::vector<float> all(rows * cols);
+    REQUIRE_THROWS_AS(bad_dec.dequantize(all), svq::corrupt_data);
+    REQUIRE_THROWS_AS(bad_dec.gemv(x, y), svq::corrupt_data);
+    REQUIRE_THROWS_AS(bad.dequantize(), svq::corrupt_data);
+}
