@@ -35,6 +35,7 @@
 // with rotation too.
 #pragma once
 
+#include <svq/core/parallel.hpp>
 #include <svq/error.hpp>
 #include <svq/hessian/calibration.hpp>
 #include <svq/matrix/auto_config.hpp>
@@ -118,20 +119,6 @@ inline Eigen::MatrixXd inverse_hessian_factor(std::span<const double> h, std::si
     return u;
 }
 
-// Calls f(first, end) on `threads` contiguous slices of [0, n), the first on this thread.
-template <class F>
-void parallel_slices(std::size_t n, unsigned threads, F&& f) {
-    if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
-    const std::size_t t = std::min<std::size_t>(threads, std::max<std::size_t>(n, 1));
-    if (t <= 1) {
-        f(std::size_t{0}, n);
-        return;
-    }
-    std::vector<std::thread> pool;
-    for (std::size_t k = 1; k < t; ++k) pool.emplace_back([&f, k, n, t] { f(k * n / t, (k + 1) * n / t); });
-    f(std::size_t{0}, n / t);
-    for (std::thread& th : pool) th.join();
-}
 
 // H in the basis quantization runs in (rotated when the config rotates).
 inline std::vector<double> working_hessian(std::span<const double> h, std::size_t cols,

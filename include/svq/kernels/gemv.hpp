@@ -18,6 +18,7 @@
 #pragma once
 
 #include <svq/core/bitstream.hpp>
+#include <svq/core/parallel.hpp>
 #include <svq/error.hpp>
 #include <svq/kernels/split_index.hpp>
 #include <svq/matrix/quantized_matrix.hpp>
@@ -42,21 +43,6 @@
 namespace svq {
 
 namespace detail {
-
-// Calls f(first, end) on `threads` contiguous slices of [0, n), the first on this thread.
-template <class F>
-void kernel_slices(std::size_t n, unsigned threads, F&& f) {
-    if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
-    const std::size_t t = std::min<std::size_t>(threads, std::max<std::size_t>(n, 1));
-    if (t <= 1) {
-        f(std::size_t{0}, n);
-        return;
-    }
-    std::vector<std::thread> pool;
-    for (std::size_t k = 1; k < t; ++k) pool.emplace_back([&f, k, n, t] { f(k * n / t, (k + 1) * n / t); });
-    f(std::size_t{0}, n / t);
-    for (std::thread& th : pool) th.join();
-}
 
 // sum_i float(y_i) * x_i, y: n ints, x: n floats (lane-wise partial sums, then
 // a fixed-order reduction: deterministic, not the scalar order).
@@ -120,7 +106,7 @@ public:
                                                out.size(), rows(), cols()));
         std::exception_ptr error;
         std::mutex error_mutex;
-        detail::kernel_slices(rows(), threads, [&](std::size_t first, std::size_t end) {
+        detail::parallel_slices(rows(), threads, [&](std::size_t first, std::size_t end) {
             try {
                 row_scratch sc = make_scratch();
                 std::vector<float> scratch(rotation_ ? rotation_->scratch_size() : 0);
@@ -159,7 +145,7 @@ public:
         }
         std::exception_ptr error;
         std::mutex error_mutex;
-        detail::kernel_slices(rows(), threads, [&](std::size_t first, std::size_t end) {
+        detail::parallel_slices(rows(), threads, [&](std::size_t first, std::size_t end) {
             try {
                 row_scratch sc = make_scratch();
                 std::vector<float> acc(batch);
