@@ -116,106 +116,85 @@ void ratios(benchmark::State& state, const prepared& p, double seconds) {
     state.counters["vs_float_gemv"] = p.float_gemv_s / per;
 }
 
-void bm_memcpy_packed(benchmark::State& state) {
-    prepared& p = get(static_cast<int>(state.range(0)));
-    std::vector<std::uint64_t> dst(p.q.words().size());
+// Runs body once per iteration with a clock around it, then reports items/s and
+// the ratios to this run's memcpy and float GEMV.
+template <class Body>
+void timed(benchmark::State& state, const prepared& p, double items, Body&& body) {
     timer tm;
     for (auto _ : state) {
         tm.start();
+        body();
+        tm.stop();
+    }
+    finish(state, p, items);
+    ratios(state, p, tm.total());
+}
+
+void bm_memcpy_packed(benchmark::State& state) {
+    prepared& p = get(static_cast<int>(state.range(0)));
+    std::vector<std::uint64_t> dst(p.q.words().size());
+    timed(state, p, side * side, [&] {
         std::memcpy(dst.data(), p.q.words().data(), dst.size() * 8);
         benchmark::DoNotOptimize(dst.data());
         benchmark::ClobberMemory();
-        tm.stop();
-    }
-    finish(state, p, side * side);
-    ratios(state, p, tm.total());
+    });
 }
 
 void bm_float_gemv(benchmark::State& state) {
     prepared& p = get(static_cast<int>(state.range(0)));
     std::vector<float> y(side);
-    timer tm;
-    for (auto _ : state) {
-        tm.start();
+    timed(state, p, side * side, [&] {
         float_gemv(p.wq, vectors().data(), y.data());
         benchmark::DoNotOptimize(y.data());
-        tm.stop();
-    }
-    finish(state, p, side * side);
-    ratios(state, p, tm.total());
+    });
 }
 
 void bm_dequantize_reference(benchmark::State& state) {
     prepared& p = get(static_cast<int>(state.range(0)));
     std::vector<float> out(side * side);
-    timer tm;
-    for (auto _ : state) {
-        tm.start();
+    timed(state, p, side * side, [&] {
         p.q.dequantize(out);
         benchmark::DoNotOptimize(out.data());
-        tm.stop();
-    }
-    finish(state, p, side * side);
-    ratios(state, p, tm.total());
+    });
 }
 
 void bm_dequantize_fast(benchmark::State& state) {
     prepared& p = get(static_cast<int>(state.range(0)));
     std::vector<float> out(side * side);
-    timer tm;
-    for (auto _ : state) {
-        tm.start();
+    timed(state, p, side * side, [&] {
         p.dec->dequantize(out);
         benchmark::DoNotOptimize(out.data());
-        tm.stop();
-    }
-    finish(state, p, side * side);
-    ratios(state, p, tm.total());
+    });
 }
 
 // Decode only (pulses scaled, no inverse rotation): where the time of dequantize goes.
 void bm_decode_rotated(benchmark::State& state) {
     prepared& p = get(static_cast<int>(state.range(0)));
     std::vector<float> out(side * side);
-    timer tm;
-    for (auto _ : state) {
-        tm.start();
+    timed(state, p, side * side, [&] {
         for (std::size_t r = 0; r < side; ++r) p.dec->decode_row_rotated(r, out.data() + r * side);
         benchmark::DoNotOptimize(out.data());
-        tm.stop();
-    }
-    finish(state, p, side * side);
-    ratios(state, p, tm.total());
+    });
 }
 
 void bm_gemv_fused(benchmark::State& state) {
     prepared& p = get(static_cast<int>(state.range(0)));
     std::vector<float> y(side);
     const std::span<const float> x(vectors().data(), side);
-    timer tm;
-    for (auto _ : state) {
-        tm.start();
+    timed(state, p, side * side, [&] {
         p.dec->gemv(x, y);
         benchmark::DoNotOptimize(y.data());
-        tm.stop();
-    }
-    finish(state, p, side * side);
-    ratios(state, p, tm.total());
+    });
 }
 
 void bm_gemv_dequantize_then_float(benchmark::State& state) {
     prepared& p = get(static_cast<int>(state.range(0)));
     std::vector<float> w(side * side), y(side);
-    timer tm;
-    for (auto _ : state) {
-        tm.start();
+    timed(state, p, side * side, [&] {
         p.dec->dequantize(w);
         float_gemv(w, vectors().data(), y.data());
         benchmark::DoNotOptimize(y.data());
-        tm.stop();
-    }
-    finish(state, p, side * side);
-    ratios(state, p, tm.total());
+    });
 }
 
 void bm_gemv_batch(benchmark::State& state) {
@@ -223,30 +202,20 @@ void bm_gemv_batch(benchmark::State& state) {
     const auto batch = static_cast<std::size_t>(state.range(1));
     std::vector<float> y(side * batch);
     const std::span<const float> x(vectors().data(), side * batch);
-    timer tm;
-    for (auto _ : state) {
-        tm.start();
+    timed(state, p, static_cast<double>(side * side * batch), [&] {
         p.dec->gemv_batch(x, y, batch);
         benchmark::DoNotOptimize(y.data());
-        tm.stop();
-    }
-    finish(state, p, static_cast<double>(side * side * batch));
-    ratios(state, p, tm.total());
+    });
 }
 
 void bm_gemv_fused_threads(benchmark::State& state) {
     prepared& p = get(static_cast<int>(state.range(0)));
     std::vector<float> y(side);
     const std::span<const float> x(vectors().data(), side);
-    timer tm;
-    for (auto _ : state) {
-        tm.start();
+    timed(state, p, side * side, [&] {
         p.dec->gemv(x, y, 2);
         benchmark::DoNotOptimize(y.data());
-        tm.stop();
-    }
-    finish(state, p, side * side);
-    ratios(state, p, tm.total());
+    });
 }
 
 }  // namespace
