@@ -306,8 +306,7 @@ inline void refine_groups(const std::vector<float>& wf, std::size_t rows, std::s
         std::vector<double> v(layout.group_dim);
         // The decoder's values of group j of row r (exactly what decode_row computes).
         const auto decode_group = [&](const int* y, std::size_t j, std::uint32_t code, double s) {
-            const double yy = static_cast<double>(pulse_energy(y, info[j].dim));
-            const auto factor = static_cast<float>(s * coder.gain_quantizer(j).levels()[code] / std::sqrt(yy));
+            const float factor = group_factor(s, coder.gain_quantizer(j).levels()[code], y, info[j].dim);
             for (std::size_t k = 0; k < info[j].dim; ++k) v[k] = static_cast<double>(static_cast<float>(y[k]) * factor);
         };
         row_major_matrix x(nr, c_count), e(nr, c_count);
@@ -559,8 +558,7 @@ inline std::vector<std::uint64_t> gptq_encode(const std::vector<float>& wf, std:
                     const std::uint32_t code = s > 0.0 ? q.encode(gain / s) : 0;
                     codes[r * groups + j] = code;
                     // Exactly what decode_row computes.
-                    const double yy = static_cast<double>(detail::pulse_energy(y, g.dim));
-                    const auto factor = static_cast<float>(s * q.levels()[code] / std::sqrt(yy));
+                    const float factor = detail::group_factor(s, q.levels()[code], y, g.dim);
                     for (Eigen::Index k = 0; k < d; ++k) {
                         const double value = static_cast<double>(static_cast<float>(y[k]) * factor);
                         e(i, k) = xg(i, k) - value;

@@ -7,8 +7,8 @@
 //
 // Decoding a group: its index goes through the table-driven split-order
 // unrank (kernels/split_index.hpp), the pulses are scaled by
-// s * level / ||y|| with exactly the operations of pvq_row_coder::decode_row
-// (double factor, then float(y_i) * float(factor)), so dequantize matches
+// s * level / ||y|| through detail::group_factor, as pvq_row_coder::decode_row
+// does (double factor, then float(y_i) * float(factor)), so dequantize matches
 // quantized_matrix::dequantize bit for bit.
 //
 // gemv: the stored rows are w' = w R^T (rotate/hadamard_rotation.hpp), so
@@ -223,9 +223,7 @@ private:
             const bool full = j < l_.full_groups;
             const std::size_t dim = full ? l_.group_dim : l_.tail_dim;
             const int* y = sc.y.data() + j * l_.group_dim;
-            const double level = (full ? gain_levels_ : tail_levels_)[codes[j]];
-            const auto yy = detail::pulse_energy(y, dim);
-            const auto factor = static_cast<float>(s * level / std::sqrt(static_cast<double>(yy)));
+            const float factor = detail::group_factor(s, (full ? gain_levels_ : tail_levels_)[codes[j]], y, dim);
             if (out != nullptr) detail::scale_pulses(y, factor, out + j * l_.group_dim, dim);
             on_group(j * l_.group_dim, y, dim, factor);
         }

@@ -123,6 +123,13 @@ public:
 
 // Gain quantizer of a group of `dim` weights in a row of `cols`, for gains
 // normalised by the row scale.
+// The decoder's multiplier of a group's pulses: row scale * gain level / ||y||,
+// rounded to float once. Every path that needs the decoded values (decode_row,
+// the fast decoder, the Hessian quantizer's feedback) uses it, so they agree bit for bit.
+inline float group_factor(double row_scale, double level, const int* y, std::size_t dim) noexcept {
+    return static_cast<float>(row_scale * level / std::sqrt(static_cast<double>(pulse_energy(y, dim))));
+}
+
 inline scalar_quantizer matrix_gain_quantizer(std::size_t dim, std::size_t cols, unsigned bits) {
     return optimal_beta_norm_quantizer(static_cast<unsigned>(dim), static_cast<unsigned>(cols), bits)
         .scaled(std::sqrt(static_cast<double>(cols)));
@@ -183,9 +190,7 @@ public:
             offset += l_.gain_bits;
             const std::span<int> point(y.data(), dim);
             (full ? full_ : *tail_).unrank(index, point);  // svq::corrupt_data for an index >= V
-            const double level = quantizer(j).levels()[code];
-            const auto yy = pulse_energy(point.data(), dim);
-            const auto factor = static_cast<float>(s * level / std::sqrt(static_cast<double>(yy)));
+            const float factor = group_factor(s, quantizer(j).levels()[code], point.data(), dim);
             scale_pulses(point.data(), factor, out + j * l_.group_dim, dim);
         }
     }
