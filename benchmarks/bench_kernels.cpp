@@ -1,6 +1,11 @@
 // svq_bench_kernels: fast decoding and fused GEMV of a 4096 x 4096 iid
 // Gaussian matrix quantized at about 2, 3 and 4 bpw (configurations chosen by
 // choose_config before the timing), one thread unless the name says threads.
+// Arguments: (bpw, speed): speed 0 = the auto-chosen configuration (N = 128,
+// multi-word index), 1 = the speed configuration (speed_config_options: N = 16
+// or 32, index in one word, matrix_decoder's dense path); gemv_batch has a
+// third argument, the number of vectors. Counters: dense (1 when the dense
+// path decodes), table_bytes (the full group's unrank tables).
 // In the same run: the reference quantized_matrix::dequantize, a float GEMV
 // (Eigen) on the dequantized matrix, dequantize-then-GEMV, and a memcpy of the
 // packed bytes. items_per_second = weights per second (gemv_batch: weights x
@@ -67,14 +72,19 @@ void float_gemv(const std::vector<float>& w, const float* x, float* y) {
         m * Eigen::Map<const Eigen::VectorXf>(x, static_cast<Eigen::Index>(side));
 }
 
-prepared& get(int bpw) {
-    static std::map<int, prepared> cache;
-    auto it = cache.find(bpw);
+// bpw: 2, 3 or 4; speed: 0 for the auto-chosen configuration (N = 128), 1 for
+// the speed configuration (svq::speed_config_options: index in one word, the
+// dense decode path).
+prepared& get(int bpw, int speed) {
+    static std::map<std::pair<int, int>, prepared> cache;
+    const std::pair<int, int> key{bpw, speed};
+    auto it = cache.find(key);
     if (it == cache.end()) {
-        const svq::matrix_config c = svq::choose_config(matrix(), side, side, static_cast<double>(bpw)).config;
+        const svq::auto_config_options opt = speed != 0 ? svq::speed_config_options() : svq::auto_config_options{};
+        const svq::matrix_config c = svq::choose_config(matrix(), side, side, static_cast<double>(bpw), opt).config;
         prepared p{svq::quantize(matrix(), side, side, c), nullptr, {}, 0.0, 0.0};
         p.wq = p.q.dequantize();
-        it = cache.emplace(bpw, std::move(p)).first;
+        it = cache.emplace(key, std::move(p)).first;
         prepared& r = it->second;
         r.dec = std::make_unique<svq::matrix_decoder>(r.q);
         std::vector<std::uint64_t> dst(r.q.words().size());
@@ -95,6 +105,8 @@ prepared& get(int bpw) {
 void finish(benchmark::State& state, const prepared& p, double items_per_iter) {
     state.SetItemsProcessed(static_cast<std::int64_t>(static_cast<double>(state.iterations()) * items_per_iter));
     state.counters["bpw"] = p.q.bits_per_weight();
+    state.counters["dense"] = p.dec->full_index().dense() ? 1.0 : 0.0;
+    state.counters["table_bytes"] = static_cast<double>(p.dec->full_index().table_bytes());
     state.SetLabel(svq::to_string(p.q.config()));
 }
 
@@ -131,7 +143,7 @@ void timed(benchmark::State& state, const prepared& p, double items, Body&& body
 }
 
 void bm_memcpy_packed(benchmark::State& state) {
-    prepared& p = get(static_cast<int>(state.range(0)));
+    prepared& p = get(static_cast<int>(state.range(0)), static_cast<int>(state.range(1)));
     std::vector<std::uint64_t> dst(p.q.words().size());
     timed(state, p, side * side, [&] {
         std::memcpy(dst.data(), p.q.words().data(), dst.size() * 8);
@@ -141,7 +153,7 @@ void bm_memcpy_packed(benchmark::State& state) {
 }
 
 void bm_float_gemv(benchmark::State& state) {
-    prepared& p = get(static_cast<int>(state.range(0)));
+    prepared& p = get(static_cast<int>(state.range(0)), static_cast<int>(state.range(1)));
     std::vector<float> y(side);
     timed(state, p, side * side, [&] {
         float_gemv(p.wq, vectors().data(), y.data());
@@ -150,7 +162,7 @@ void bm_float_gemv(benchmark::State& state) {
 }
 
 void bm_dequantize_reference(benchmark::State& state) {
-    prepared& p = get(static_cast<int>(state.range(0)));
+    prepared& p = get(static_cast<int>(state.range(0)), static_cast<int>(state.range(1)));
     std::vector<float> out(side * side);
     timed(state, p, side * side, [&] {
         p.q.dequantize(out);
@@ -159,7 +171,7 @@ void bm_dequantize_reference(benchmark::State& state) {
 }
 
 void bm_dequantize_fast(benchmark::State& state) {
-    prepared& p = get(static_cast<int>(state.range(0)));
+    prepared& p = get(static_cast<int>(state.range(0)), static_cast<int>(state.range(1)));
     std::vector<float> out(side * side);
     timed(state, p, side * side, [&] {
         p.dec->dequantize(out);
@@ -169,7 +181,7 @@ void bm_dequantize_fast(benchmark::State& state) {
 
 // Decode only (pulses scaled, no inverse rotation): where the time of dequantize goes.
 void bm_decode_rotated(benchmark::State& state) {
-    prepared& p = get(static_cast<int>(state.range(0)));
+    prepared& p = get(static_cast<int>(state.range(0)), static_cast<int>(state.range(1)));
     std::vector<float> out(side * side);
     timed(state, p, side * side, [&] {
         for (std::size_t r = 0; r < side; ++r) p.dec->decode_row_rotated(r, out.data() + r * side);
@@ -178,7 +190,7 @@ void bm_decode_rotated(benchmark::State& state) {
 }
 
 void bm_gemv_fused(benchmark::State& state) {
-    prepared& p = get(static_cast<int>(state.range(0)));
+    prepared& p = get(static_cast<int>(state.range(0)), static_cast<int>(state.range(1)));
     std::vector<float> y(side);
     const std::span<const float> x(vectors().data(), side);
     timed(state, p, side * side, [&] {
@@ -188,7 +200,7 @@ void bm_gemv_fused(benchmark::State& state) {
 }
 
 void bm_gemv_dequantize_then_float(benchmark::State& state) {
-    prepared& p = get(static_cast<int>(state.range(0)));
+    prepared& p = get(static_cast<int>(state.range(0)), static_cast<int>(state.range(1)));
     std::vector<float> w(side * side), y(side);
     timed(state, p, side * side, [&] {
         p.dec->dequantize(w);
@@ -198,8 +210,8 @@ void bm_gemv_dequantize_then_float(benchmark::State& state) {
 }
 
 void bm_gemv_batch(benchmark::State& state) {
-    prepared& p = get(static_cast<int>(state.range(0)));
-    const auto batch = static_cast<std::size_t>(state.range(1));
+    prepared& p = get(static_cast<int>(state.range(0)), static_cast<int>(state.range(1)));
+    const auto batch = static_cast<std::size_t>(state.range(2));
     std::vector<float> y(side * batch);
     const std::span<const float> x(vectors().data(), side * batch);
     timed(state, p, static_cast<double>(side * side * batch), [&] {
@@ -209,7 +221,7 @@ void bm_gemv_batch(benchmark::State& state) {
 }
 
 void bm_gemv_fused_threads(benchmark::State& state) {
-    prepared& p = get(static_cast<int>(state.range(0)));
+    prepared& p = get(static_cast<int>(state.range(0)), static_cast<int>(state.range(1)));
     std::vector<float> y(side);
     const std::span<const float> x(vectors().data(), side);
     timed(state, p, side * side, [&] {
@@ -220,16 +232,30 @@ void bm_gemv_fused_threads(benchmark::State& state) {
 
 }  // namespace
 
-BENCHMARK(bm_memcpy_packed)->Arg(2)->Arg(3)->Arg(4)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(bm_float_gemv)->Arg(2)->Arg(3)->Arg(4)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(bm_dequantize_reference)->Arg(2)->Arg(3)->Arg(4)->Iterations(2)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(bm_dequantize_fast)->Arg(2)->Arg(3)->Arg(4)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(bm_decode_rotated)->Arg(2)->Arg(3)->Arg(4)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(bm_gemv_fused)->Arg(2)->Arg(3)->Arg(4)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(bm_gemv_dequantize_then_float)->Arg(2)->Arg(3)->Arg(4)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(bm_gemv_batch)->Args({3, 8})->Args({3, 32})->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(bm_gemv_fused_threads)->Arg(3)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(bm_memcpy_packed)->ArgsProduct({{2, 3, 4}, {0, 1}})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(bm_float_gemv)->ArgsProduct({{2, 3, 4}, {0, 1}})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(bm_dequantize_reference)
+    ->ArgsProduct({{2, 3, 4}, {0, 1}})
+    ->Iterations(2)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(bm_dequantize_fast)->ArgsProduct({{2, 3, 4}, {0, 1}})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(bm_decode_rotated)->ArgsProduct({{2, 3, 4}, {0, 1}})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(bm_gemv_fused)->ArgsProduct({{2, 3, 4}, {0, 1}})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(bm_gemv_dequantize_then_float)
+    ->ArgsProduct({{2, 3, 4}, {0, 1}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(bm_gemv_batch)
+    ->Args({3, 0, 8})
+    ->Args({3, 0, 32})
+    ->Args({3, 1, 8})
+    ->Args({3, 1, 32})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(bm_gemv_fused_threads)->Args({3, 0})->Args({3, 1})->Unit(benchmark::kMillisecond)->UseRealTime();
 
 int main(int argc, char** argv) {
-    return svq::bench::main(argc, argv, {{"matrix", fmt::format("{} x {} iid N(0,1), one thread unless _threads", side, side)}});
+    return svq::bench::main(argc, argv,
+                            {{"matrix", fmt::format("{} x {} iid N(0,1), one thread unless _threads", side, side)}});
 }

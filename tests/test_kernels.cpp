@@ -7,6 +7,7 @@
 
 #include <svq/kernels/gemv.hpp>
 #include <svq/kernels/split_index.hpp>
+#include <svq/matrix/auto_config.hpp>
 #include <svq/matrix/quantized_matrix.hpp>
 #include <svq/pvq/count.hpp>
 
@@ -318,6 +319,137 @@ TEST_CASE("matrix_decoder rejects bad shapes and corrupt indices") {
     const svq::matrix_decoder bad_dec(bad);
     std::vector<float> all(rows * cols);
     REQUIRE_THROWS_AS(bad_dec.dequantize(all), svq::corrupt_data);
+    REQUIRE_THROWS_AS(bad_dec.gemv(x, y), svq::corrupt_data);
+    REQUIRE_THROWS_AS(bad.dequantize(), svq::corrupt_data);
+}
+
+// ---- Speed configurations: the dense one-word path (docs/performance.md, "Speed configurations").
+
+TEST_CASE("dense unrank == the plain definition on random indices (one-word configurations)") {
+    struct nk {
+        std::size_t n, k;
+    };
+    // The speed configurations at ~2 / 3 / 4 bpw and neighbours: N = 8, 16, 32;
+    // (16, 46) and (8, 30) meet 4-coordinate nodes above the P(4, k) table's
+    // reach (the fallback), (32, 21) and (16, 46) a root whose r d passes 2^64
+    // (the multiply-high with a correction), the others the exact one.
+    for (const nk c :
+         {nk{16, 10}, nk{16, 22}, nk{16, 46}, nk{32, 21}, nk{8, 5}, nk{8, 11}, nk{8, 30}, nk{16, 1}, nk{32, 2}}) {
+        const svq::pvq_split_index fast(c.n, c.k);
+        const svq::pvq_split_lattice<std::uint64_t> plain(c.n, c.k);
+        INFO("N = " << c.n << " K = " << c.k);
+        REQUIRE(fast.dense());
+        std::mt19937_64 rng(c.n * 1000 + c.k);
+        const std::size_t groups = 3000;
+        std::vector<std::uint64_t> index(groups);
+        for (auto& v : index) v = random_index(fast, rng)[0];
+        // Edge indices: 0 and V - 1.
+        index[0] = 0;
+        index[1] = fast.size_limbs()[0] - 1;
+        std::vector<std::int8_t> y(groups * c.n, 99);
+        svq::pvq_split_index::dense_workspace ws;
+        fast.unrank_dense(index.data(), groups, y.data(), ws);
+        std::vector<int> expect(c.n);
+        int mismatches = 0;
+        for (std::size_t g = 0; g < groups; ++g) {
+            plain.unrank(index[g], expect);
+            for (std::size_t i = 0; i < c.n; ++i) mismatches += y[g * c.n + i] != expect[i];
+        }
+        REQUIRE(mismatches == 0);
+    }
+}
+
+TEST_CASE("dense path only where the index fits one word and N is a power of two >= 8") {
+    REQUIRE(svq::pvq_split_index(16, 46).dense());         // 59 bits
+    REQUIRE(svq::pvq_split_index(32, 21).dense());         // 62 bits
+    REQUIRE_FALSE(svq::pvq_split_index(32, 45).dense());   // 92 bits: two words
+    REQUIRE_FALSE(svq::pvq_split_index(128, 83).dense());  // the auto-chosen 2 bpw configuration
+    REQUIRE_FALSE(svq::pvq_split_index(12, 19).dense());   // not a power of two
+    REQUIRE_FALSE(svq::pvq_split_index(4, 30).dense());    // a leaf alone
+}
+
+TEST_CASE("speed configurations: index in one word, dense decode bit for bit like quantized_matrix") {
+    const std::size_t rows = 24, cols = 300;  // N = 16: 18 groups + a tail of 12; N = 32: 9 + 12
+    const std::vector<float> w = svq::examples::gaussian_matrix(rows, cols, 21);
+    const std::vector<float> x = svq::examples::gaussian_matrix(8, cols, 22);
+    for (const double bpw : {2.0, 3.0, 4.0}) {
+        const svq::config_candidate cc = svq::choose_config(w, rows, cols, bpw, svq::speed_config_options());
+        INFO(bpw << " bpw: " << svq::to_string(cc.config));
+        REQUIRE(cc.bits_per_weight <= bpw);
+        REQUIRE(svq::pvq_index_bits(cc.config.group_dim, cc.config.pulses) <= 63);
+        for (const bool rotate : {true, false}) {
+            svq::matrix_config c = cc.config;
+            c.rotate = rotate;
+            const svq::quantized_matrix q = svq::quantize(w, rows, cols, c);
+            const svq::matrix_decoder dec(q);
+            REQUIRE(dec.full_index().dense());
+            const std::vector<float> ref = q.dequantize();
+            std::vector<float> one(rows * cols, -1.0f), two(rows * cols, -2.0f);
+            dec.dequantize(one);
+            dec.dequantize(two, 2);
+            REQUIRE(std::memcmp(one.data(), ref.data(), ref.size() * sizeof(float)) == 0);
+            REQUIRE(std::memcmp(two.data(), ref.data(), ref.size() * sizeof(float)) == 0);
+            // gemv: single == batched == two threads, and close to W x in double.
+            std::vector<float> ys(8 * rows), yb(8 * rows), yt(8 * rows);
+            for (std::size_t v = 0; v < 8; ++v)
+                dec.gemv(std::span<const float>(x.data() + v * cols, cols),
+                         std::span<float>(ys.data() + v * rows, rows));
+            dec.gemv_batch(x, yb, 8);
+            dec.gemv_batch(x, yt, 8, 2);
+            REQUIRE(yb == ys);
+            REQUIRE(yt == ys);
+            double worst = 0.0;
+            for (std::size_t v = 0; v < 8; ++v)
+                for (std::size_t r = 0; r < rows; ++r) {
+                    double e = 0.0, scale = 0.0;
+                    for (std::size_t i = 0; i < cols; ++i) {
+                        e += static_cast<double>(ref[r * cols + i]) * x[v * cols + i];
+                        scale += std::abs(static_cast<double>(ref[r * cols + i]) * x[v * cols + i]);
+                    }
+                    worst = std::max(worst, std::abs(ys[v * rows + r] - e) / scale);
+                }
+            INFO("largest |y - W x| / sum |w_i x_i| = " << worst);
+            REQUIRE(worst < 2e-6);
+        }
+    }
+}
+
+TEST_CASE("max_index_bits lowers K until the index fits, for every candidate") {
+    const std::size_t rows = 8, cols = 256;
+    for (const double bpw : {2.0, 4.0, 6.0}) {
+        const auto all = svq::candidate_configs(rows, cols, bpw, svq::speed_config_options());
+        REQUIRE(!all.empty());
+        for (const auto& c : all) {
+            INFO(bpw << " bpw: " << svq::to_string(c.config));
+            REQUIRE(svq::pvq_index_bits(c.config.group_dim, c.config.pulses) <= 63);
+            REQUIRE(c.bits_per_weight <= bpw);
+            // The largest such K: one more pulse would need a wider index or more bits.
+            svq::matrix_config more = c.config;
+            ++more.pulses;
+            REQUIRE((svq::pvq_index_bits(more.group_dim, more.pulses) > 63 ||
+                     svq::make_layout(rows, cols, more).bits_per_weight() > bpw));
+        }
+    }
+}
+
+TEST_CASE("speed configurations: a matrix without a tail, and a corrupt index is reported") {
+    const std::size_t rows = 6, cols = 256;
+    const std::vector<float> w = svq::examples::gaussian_matrix(rows, cols, 23);
+    const svq::quantized_matrix q = svq::quantize(w, rows, cols, config(16, 22, 3, 16, true));
+    const svq::matrix_decoder dec(q);
+    REQUIRE(dec.full_index().dense());
+    const std::vector<float> ref = q.dequantize();
+    std::vector<float> out(rows * cols);
+    dec.dequantize(out);
+    REQUIRE(std::memcmp(out.data(), ref.data(), ref.size() * sizeof(float)) == 0);
+    // Row 3, group 5: all 44 index bits set, above V(16, 22) < 2^44.
+    std::vector<std::uint64_t> words(q.words().begin(), q.words().end());
+    const std::size_t first = q.layout().row_bit_offset(3) + 16 + 5 * (q.layout().index_bits + 3);
+    for (std::size_t b = first; b < first + q.layout().index_bits; ++b) words[b / 64] |= std::uint64_t{1} << (b % 64);
+    const svq::quantized_matrix bad(rows, cols, q.config(), q.reference_scale(), words);
+    const svq::matrix_decoder bad_dec(bad);
+    std::vector<float> x(cols), y(rows);
+    REQUIRE_THROWS_AS(bad_dec.dequantize(out), svq::corrupt_data);
     REQUIRE_THROWS_AS(bad_dec.gemv(x, y), svq::corrupt_data);
     REQUIRE_THROWS_AS(bad.dequantize(), svq::corrupt_data);
 }

@@ -6,7 +6,9 @@
 //   dec.gemv_batch(x, y, 16);           // Y = Wq X for 16 vectors, one decode per group
 //
 // Decoding a group: its index goes through the table-driven split-order
-// unrank (kernels/split_index.hpp), the pulses are scaled by
+// unrank (kernels/split_index.hpp; for the speed configurations, whose index
+// fits one word, the dense walk pvq_split_index::unrank_dense over the whole
+// row, chosen by itself: docs/performance.md, "Speed configurations"), the pulses are scaled by
 // s * level / ||y|| through detail::group_factor, as pvq_row_coder::decode_row
 // does (double factor, then float(y_i) * float(factor)), so dequantize matches
 // quantized_matrix::dequantize bit for bit.
@@ -53,7 +55,8 @@ float pulse_dot_kernel(Arch, const int* y, const float* x, std::size_t n) noexce
     constexpr std::size_t lanes = fb::size;
     fb acc(0.0f);
     std::size_t i = 0;
-    for (; i + lanes <= n; i += lanes) acc = xsimd::fma(simd::to_float(ib::load_unaligned(y + i)), fb::load_unaligned(x + i), acc);
+    for (; i + lanes <= n; i += lanes)
+        acc = xsimd::fma(simd::to_float(ib::load_unaligned(y + i)), fb::load_unaligned(x + i), acc);
     float s = simd::reduce_add(acc);
     for (; i < n; ++i) s += static_cast<float>(y[i]) * x[i];
     return s;
@@ -65,6 +68,86 @@ inline float pulse_dot(const int* y, const float* x, std::size_t n) noexcept {
     } else {
         float s = 0.0f;
         for (std::size_t i = 0; i < n; ++i) s += static_cast<float>(y[i]) * x[i];
+        return s;
+    }
+}
+
+// Dense path: groups of n pulses -> floats, group j scaled by
+// float(s * levels[codes[j]] / ||y_j||) (detail::group_factor's formula) and
+// each pulse by float(y_i) * factor as scale_pulses does: the same floats as
+// the reference decoder. y: groups * n ints, out: groups * n floats.
+inline void scale_dense_groups_scalar(const int* y, const std::uint32_t* codes, const double* levels, double s,
+                                      std::size_t groups, std::size_t n, float* out) noexcept {
+    for (std::size_t j = 0; j < groups; ++j) {
+        const float factor = group_factor(s, levels[codes[j]], y + j * n, n);
+        scale_pulses_scalar(y + j * n, factor, out + j * n, n);
+    }
+}
+
+// The same with n a multiple of the lanes: one vector energy and one vector
+// scale per batch of lanes (N = 16 on AVX-512: one of each per group).
+// GCC 12's avx512fintrin.h trips -Wmaybe-uninitialized inside the integer
+// reduction (GCC bug 105593, as in simd/compat.hpp); the value is never read.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+template <class Arch>
+void scale_dense_groups_kernel(Arch, const int* y, const std::uint32_t* codes, const double* levels, double s,
+                               std::size_t groups, std::size_t n, float* out) noexcept {
+    using ib = xsimd::batch<std::int32_t, Arch>;
+    using fb = xsimd::batch<float, Arch>;
+    constexpr std::size_t lanes = fb::size;
+    for (std::size_t j = 0; j < groups; ++j, y += n, out += n) {
+        ib acc(0);
+        for (std::size_t i = 0; i < n; i += lanes) {
+            const ib v = ib::load_unaligned(y + i);
+            acc += v * v;  // <= K^2 < 2^31
+        }
+        const std::int32_t e = simd::reduce_add(acc);
+        const fb factor(static_cast<float>(s * levels[codes[j]] / std::sqrt(static_cast<double>(e))));
+        for (std::size_t i = 0; i < n; i += lanes)
+            (simd::to_float(ib::load_unaligned(y + i)) * factor).store_unaligned(out + i);
+    }
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+
+inline void scale_dense_groups(const int* y, const std::uint32_t* codes, const double* levels, double s,
+                               std::size_t groups, std::size_t n, float* out) noexcept {
+    if constexpr (simd::default_arch::supported()) {
+        if (n % xsimd::batch<float, simd::default_arch>::size == 0)
+            return scale_dense_groups_kernel(simd::default_arch{}, y, codes, levels, s, groups, n, out);
+    }
+    scale_dense_groups_scalar(y, codes, levels, s, groups, n, out);
+}
+
+// sum_i a_i * b_i over n floats (lane-wise fused multiply-adds, then a fixed-order reduction).
+template <class Arch>
+float float_dot_kernel(Arch, const float* a, const float* b, std::size_t n) noexcept {
+    using fb = xsimd::batch<float, Arch>;
+    constexpr std::size_t lanes = fb::size;
+    fb acc0(0.0f), acc1(0.0f);
+    std::size_t i = 0;
+    for (; i + 2 * lanes <= n; i += 2 * lanes) {
+        acc0 = xsimd::fma(fb::load_unaligned(a + i), fb::load_unaligned(b + i), acc0);
+        acc1 = xsimd::fma(fb::load_unaligned(a + i + lanes), fb::load_unaligned(b + i + lanes), acc1);
+    }
+    for (; i + lanes <= n; i += lanes) acc0 = xsimd::fma(fb::load_unaligned(a + i), fb::load_unaligned(b + i), acc0);
+    float s = simd::reduce_add(acc0 + acc1);
+    for (; i < n; ++i) s += a[i] * b[i];
+    return s;
+}
+
+inline float float_dot(const float* a, const float* b, std::size_t n) noexcept {
+    if constexpr (simd::default_arch::supported()) {
+        return float_dot_kernel(simd::default_arch{}, a, b, n);
+    } else {
+        float s = 0.0f;
+        for (std::size_t i = 0; i < n; ++i) s += a[i] * b[i];
         return s;
     }
 }
@@ -96,7 +179,10 @@ public:
     // for an index >= V(N, K) or a bad row scale code.
     void decode_row_rotated(std::size_t r, float* out) const {
         row_scratch sc = make_scratch();
-        decode_row_impl(r, out, sc, [](std::size_t, const int*, std::size_t, float) {});
+        if (full_.dense())
+            decode_row_dense(r, out, sc);
+        else
+            decode_row_impl(r, out, sc, [](std::size_t, const int*, std::size_t, float) {});
     }
 
     // All rows, row-major (rows * cols floats), bit-identical to quantized_matrix::dequantize.
@@ -112,7 +198,10 @@ public:
                 std::vector<float> scratch(rotation_ ? rotation_->scratch_size() : 0);
                 for (std::size_t r = first; r < end; ++r) {
                     float* row = out.data() + r * cols();
-                    decode_row_impl(r, row, sc, [](std::size_t, const int*, std::size_t, float) {});
+                    if (full_.dense())
+                        decode_row_dense(r, row, sc);
+                    else
+                        decode_row_impl(r, row, sc, [](std::size_t, const int*, std::size_t, float) {});
                     if (rotation_) rotation_->inverse(std::span<float>(row, cols()), scratch);
                 }
             } catch (...) {
@@ -141,7 +230,8 @@ public:
         std::vector<float> xr(x.begin(), x.end());
         if (rotation_) {
             std::vector<float> scratch(rotation_->scratch_size());
-            for (std::size_t c = 0; c < batch; ++c) rotation_->forward(std::span<float>(xr.data() + c * cols(), cols()), scratch);
+            for (std::size_t c = 0; c < batch; ++c)
+                rotation_->forward(std::span<float>(xr.data() + c * cols(), cols()), scratch);
         }
         std::exception_ptr error;
         std::mutex error_mutex;
@@ -150,12 +240,18 @@ public:
                 row_scratch sc = make_scratch();
                 std::vector<float> acc(batch);
                 for (std::size_t r = first; r < end; ++r) {
+                    if (full_.dense()) {  // decode the row once, then one float dot per vector
+                        decode_row_dense(r, sc.row.data(), sc);
+                        for (std::size_t c = 0; c < batch; ++c)
+                            y[c * rows() + r] = detail::float_dot(sc.row.data(), xr.data() + c * cols(), cols());
+                        continue;
+                    }
                     std::fill(acc.begin(), acc.end(), 0.0f);
-                    decode_row_impl(r, nullptr, sc,
-                                    [&](std::size_t first_col, const int* p, std::size_t dim, float factor) {
-                                        for (std::size_t c = 0; c < batch; ++c)
-                                            acc[c] += factor * detail::pulse_dot(p, xr.data() + c * cols() + first_col, dim);
-                                    });
+                    decode_row_impl(
+                        r, nullptr, sc, [&](std::size_t first_col, const int* p, std::size_t dim, float factor) {
+                            for (std::size_t c = 0; c < batch; ++c)
+                                acc[c] += factor * detail::pulse_dot(p, xr.data() + c * cols() + first_col, dim);
+                        });
                     for (std::size_t c = 0; c < batch; ++c) y[c * rows() + r] = acc[c];
                 }
             } catch (...) {
@@ -178,13 +274,93 @@ private:
         std::vector<int> y;                // the row's pulses, group_dim ints per group
         std::vector<std::uint32_t> codes;  // the row's gain codes
         pvq_split_index::unrank_workspace ws;
+        pvq_split_index::dense_workspace dense;
+        std::vector<std::int8_t> y8;  // dense path: the row's full-group pulses
+        std::vector<float> row;       // dense gemv: the decoded row (rotated domain)
     };
     row_scratch make_scratch() const {
         row_scratch s;
         s.index.resize(l_.full_groups * full_.limbs());
         s.y.resize(l_.groups_per_row() * l_.group_dim);
         s.codes.resize(l_.groups_per_row());
+        if (full_.dense()) {
+            s.y8.resize(l_.full_groups * l_.group_dim);
+            s.row.resize(l_.cols);
+        }
         return s;
+    }
+
+    // Dense path (full_.dense(): the speed configurations, index in one word):
+    // reads each full group's index and gain code with one bit-field read,
+    // unranks the row's full groups together (pvq_split_index::unrank_dense,
+    // int8 pulses), then scales each group by detail::group_factor's formula
+    // (the energy summed from the int8 pulses: the same integer), so the
+    // floats equal the reference decoder's. The tail group takes the general path.
+    void decode_row_dense(std::size_t r, float* out, row_scratch& sc) const {
+        const bit_reader in(q_->words());
+        std::size_t offset = l_.row_bit_offset(r);
+        const double s = scales_.decode(static_cast<std::uint32_t>(in.read(offset, l_.row_scale_bits)));
+        offset += l_.row_scale_bits;
+        const std::size_t n = l_.group_dim, ib = l_.index_bits, gb = l_.gain_bits, full = l_.full_groups;
+        const std::uint64_t size = full_.size_limbs()[0];
+        const std::uint64_t index_mask = (std::uint64_t{1} << ib) - 1;  // ib <= 63 on the dense path
+        std::uint64_t* index = sc.index.data();
+        std::uint32_t* codes = sc.codes.data();
+        bool bad = false;
+        const std::span<const std::uint64_t> words = q_->words();
+        if (ib + gb <= 64 && (offset + full * (ib + gb)) / 64 + 1 < words.size()) {
+            // Both words of every field exist: two loads and shifts, no branch
+            // (the second shift pair gives 0 when the field starts on a word).
+            const std::uint64_t code_mask = (std::uint64_t{1} << gb) - 1;  // gb <= 12
+            for (std::size_t j = 0; j < full; ++j, offset += ib + gb) {
+                const std::size_t w = offset / 64;
+                const auto sh = static_cast<unsigned>(offset % 64);
+                const std::uint64_t v = (words[w] >> sh) | ((words[w + 1] << 1) << (63 - sh));
+                index[j] = v & index_mask;
+                codes[j] = static_cast<std::uint32_t>((v >> ib) & code_mask);
+                bad |= index[j] >= size;
+            }
+        } else if (ib + gb <= 64) {
+            for (std::size_t j = 0; j < full; ++j, offset += ib + gb) {
+                const std::uint64_t v = in.read(offset, ib + gb);
+                index[j] = v & index_mask;
+                codes[j] = static_cast<std::uint32_t>(v >> ib);
+                bad |= index[j] >= size;
+            }
+        } else {
+            for (std::size_t j = 0; j < full; ++j, offset += ib + gb) {
+                index[j] = in.read(offset, ib);
+                codes[j] = static_cast<std::uint32_t>(in.read(offset + ib, gb));
+                bad |= index[j] >= size;
+            }
+        }
+        if (bad)
+            for (std::size_t j = 0; j < full; ++j)
+                if (index[j] >= size)
+                    throw corrupt_data(
+                        fmt::format("matrix_decoder: row {} group {}: index {} is not below V(N={}, K={}) = {}", r, j,
+                                    index[j], n, l_.pulses, size));
+        full_.unrank_dense(index, full, sc.y8.data(), sc.dense);
+        const std::int8_t* y8 = sc.y8.data();
+        int* y = sc.y.data();
+        for (std::size_t i = 0; i < full * n; ++i) y[i] = y8[i];  // vectorises (sign extension)
+        detail::scale_dense_groups(y, codes, gain_levels_.data(), s, full, n, out);
+        if (l_.tail_dim != 0) {
+            std::array<std::uint64_t, detail::max_split_limbs> tail_index{};
+            const std::size_t w = tail_->limbs(), bits = l_.tail_index_bits;
+            for (std::size_t t = 0; t < w; ++t) {
+                const std::size_t done = 64 * t;
+                tail_index[t] = done < bits ? in.read(offset + done, std::min<std::size_t>(64, bits - done)) : 0;
+            }
+            const auto code = static_cast<std::uint32_t>(in.read(offset + bits, gb));
+            if (!tail_->in_range(tail_index.data()))
+                throw corrupt_data(fmt::format("matrix_decoder: row {} tail group: index is not below V(N={}, K={})", r,
+                                               l_.tail_dim, tail_->pulses()));
+            int* yt = y + full * n;
+            tail_->unrank(tail_index.data(), yt);
+            const float factor = detail::group_factor(s, tail_levels_[code], yt, l_.tail_dim);
+            detail::scale_pulses(yt, factor, out + full * n, l_.tail_dim);
+        }
     }
 
     // Decodes row r: reads every group's index and gain code, unranks the full

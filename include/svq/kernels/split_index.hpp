@@ -502,6 +502,7 @@ public:
                 nodes_[static_cast<std::size_t>(levels_[i].right)] += nodes_[i];
             }
         build_leaves();
+        build_dense();
     }
 
     std::size_t dim() const noexcept { return dim_; }
@@ -524,6 +525,10 @@ public:
                  2 * l.guide.size() + 4 * l.guide_start.size();
         b += 4 * leaf4_.size() + sizeof(std::size_t) * leaf_start_.size() + 8 * leaf8_.size() +
              sizeof(std::size_t) * leaf8_start_.size();
+        for (const dense_level& dl : dense_)
+            b += 8 * (dl.d.size() + dl.mul.size() + dl.one.size()) + sizeof(dense_level::row_info) * dl.rows.size() +
+                 dl.guide.size();
+        b += 4 * leaf_start32_.size();
         return b;
     }
 
@@ -657,6 +662,72 @@ public:
         }
     }
 
+    // Dense unrank (the speed configurations: docs/performance.md, "Speed
+    // configurations"): for N a power of two >= 8 whose index fits one word
+    // (V(N, K) < 2^64: N = 16 up to ~4 bpw, N = 32 at ~2 bpw) and K <= 127,
+    // every node of depth d has a fixed slot (node i covers coordinates
+    // [i n, (i + 1) n) of the batch), so the tree is walked level by level
+    // over flat arrays: no queues, no branch on empty nodes (a node with
+    // k = 0 splits into j = 0, q = 0 like any other), no zeroing of the
+    // output (the n = 4 leaves, one load from the table of P(4, k), write
+    // every coordinate). The root's row (k = K) is hoisted out of its loop.
+    // Division by V(nR, k - j): a multiply-high by ceil(2^64 / d) where
+    // r d < 2^64 on the whole level (exact then, no correction: the
+    // quotient's error r (m - 2^64 / d) / 2^64 < r / 2^64 < 1 / d), else a
+    // double reciprocal with one correction (r < 2^52), else the divide
+    // instruction.
+    bool dense() const noexcept { return dense_on_; }
+    struct dense_workspace {
+        std::vector<std::uint64_t> r[2];
+        std::vector<std::uint8_t> k[2];
+    };
+    // count indices (one word each, < V(N, K), unchecked) -> count points as
+    // int8 (point g at y + g * dim()). Requires dense().
+    void unrank_dense(const std::uint64_t* index, std::size_t count, std::int8_t* y, dense_workspace& ws) const {
+        const std::size_t leaves = count * dim_ / 4;
+        for (int b = 0; b < 2; ++b) {
+            if (ws.r[b].size() < leaves) ws.r[b].resize(leaves);
+            if (ws.k[b].size() < leaves) ws.k[b].resize(leaves);
+        }
+        const std::uint64_t* rin = index;
+        const std::uint8_t* kin = nullptr;
+        std::size_t m = count;
+        int cur = 0;
+        for (std::size_t d = 0; d + 1 < dense_levels_.size(); ++d, m *= 2, cur ^= 1) {
+            const dense_level& dl = dense_[d];
+            std::uint64_t* rout = ws.r[cur].data();
+            std::uint8_t* kout = ws.k[cur].data();
+            if (d == 0) {
+                if (dl.exact)
+                    split_root<true>(dl, rin, m, rout, kout);
+                else
+                    split_root<false>(dl, rin, m, rout, kout);
+            } else {
+                if (dl.exact)
+                    split_level<true>(dl, rin, kin, m, rout, kout);
+                else
+                    split_level<false>(dl, rin, kin, m, rout, kout);
+            }
+            rin = rout;
+            kin = kout;
+        }
+        const std::uint32_t* leaf = leaf4_.data();
+        const std::uint32_t* start = leaf_start32_.data();
+        const std::size_t leaf_k = leaf_k_;
+        for (std::size_t i = 0; i < m; ++i) {
+            const std::size_t k = kin[i];
+            std::int8_t* out = y + 4 * i;
+            if (k < leaf_k) [[likely]] {
+                const std::uint32_t p = leaf[start[k] + rin[i]];
+                for (int t = 0; t < 4; ++t) out[t] = static_cast<std::int8_t>(p >> (8 * t));
+            } else {  // more pulses than the table holds (rare)
+                int tmp[4];
+                unrank64(dense_levels_.back(), k, rin[i], tmp);
+                for (int t = 0; t < 4; ++t) out[t] = static_cast<std::int8_t>(tmp[t]);
+            }
+        }
+    }
+
     // Checked: svq::corrupt_data for an index >= V(N, K).
     template <IndexType Index>
     void unrank(const Index& index, std::span<int> y) const {
@@ -765,6 +836,150 @@ public:
     }
 
 private:
+    // One level of the dense walk: the level's tables and the divisors of its
+    // right half, V(nR, t) for t <= K, with their multiply-high reciprocals.
+    struct dense_level {
+        int lv = -1;
+        bool exact = false;              // r d < 2^64 on the level: the multiply-high needs no correction
+        std::vector<std::uint64_t> d;    // t -> V(nR, t)
+        std::vector<std::uint64_t> mul;  // t -> ceil(2^64 / d) if exact, else floor(2^64 / d) (0 when d = 1)
+        std::vector<std::uint64_t> one;  // t -> all ones when d = 1 (the quotient is r), else 0
+        // Row k's prefix C_{n,k}(0..k+1) at prefix + rows[k].row, its guide
+        // (2 (k + 1) buckets and one more, so the bucket needs no clamp) at
+        // guide + rows[k].guide, and G_k / V(n, k) (0 for a row with no guide:
+        // k too large for this level in practice, binary search).
+        struct row_info {
+            std::uint32_t row = 0, guide = 0;
+            double scale = 0.0;
+        };
+        std::vector<row_info> rows;
+        std::vector<std::uint8_t> guide;
+    };
+
+    // r / V(nR, t). Exact: floor(r m / 2^64) with m = ceil(2^64 / d) (see
+    // unrank_dense). Otherwise m = floor(2^64 / d) = 2^64 / d - e, e < 1, and
+    // r / d - 1 < r m / 2^64 <= r / d: the estimate is q or q - 1, one
+    // branch-free correction. d = 1: m = 0 and the mask gives r.
+    template <bool Exact>
+    static std::uint64_t dense_quotient(const dense_level& dl, std::size_t t, std::uint64_t r) noexcept {
+        if constexpr (Exact) {
+            return static_cast<std::uint64_t>((static_cast<detail::uint128>(r) * dl.mul[t]) >> 64) | (r & dl.one[t]);
+        } else {
+            const std::uint64_t q =
+                static_cast<std::uint64_t>((static_cast<detail::uint128>(r) * dl.mul[t]) >> 64) | (r & dl.one[t]);
+            return q + static_cast<std::uint64_t>(r - q * dl.d[t] >= dl.d[t]);  // q or q - 1 before this
+        }
+    }
+
+    template <bool Exact>
+    void split_root(const dense_level& dl, const std::uint64_t* rin, std::size_t m, std::uint64_t* rout,
+                    std::uint8_t* kout) const noexcept {
+        const level& l = levels_[static_cast<std::size_t>(dl.lv)];
+        const std::size_t k = pulses_;
+        const std::uint64_t* c = l.row(k);
+        const std::uint16_t* guide = l.guide.data() + l.guide_start[k];
+        const double scale = l.guide_scale[k];
+        const std::size_t last = 2 * k + 1;
+        for (std::size_t i = 0; i < m; ++i) {
+            std::uint64_t r = rin[i];
+            std::size_t j = guide[std::min(static_cast<std::size_t>(static_cast<double>(r) * scale), last)];
+            j -= static_cast<std::size_t>(c[j] > r);  // C(0) = 0 <= r: never below 0
+            j += static_cast<std::size_t>(c[j + 1] <= r);
+            while (c[j] > r) --j;
+            while (c[j + 1] <= r) ++j;
+            r -= c[j];
+            const std::size_t t = k - j;
+            const std::uint64_t q = dense_quotient<Exact>(dl, t, r);
+            rout[2 * i] = q;
+            kout[2 * i] = static_cast<std::uint8_t>(j);
+            rout[2 * i + 1] = r - q * dl.d[t];
+            kout[2 * i + 1] = static_cast<std::uint8_t>(t);
+        }
+    }
+
+    template <bool Exact>
+    void split_level(const dense_level& dl, const std::uint64_t* rin, const std::uint8_t* kin, std::size_t m,
+                     std::uint64_t* rout, std::uint8_t* kout) const noexcept {
+        const level& l = levels_[static_cast<std::size_t>(dl.lv)];
+        const std::uint64_t* prefix = l.prefix.data();
+        const std::uint8_t* guide = dl.guide.data();
+        for (std::size_t i = 0; i < m; ++i) {
+            const std::size_t k = kin[i];
+            std::uint64_t r = rin[i];
+            const typename dense_level::row_info ri = dl.rows[k];
+            const std::uint64_t* c = prefix + ri.row;
+            std::size_t j;
+            if (ri.scale != 0.0) [[likely]] {
+                j = guide[ri.guide + static_cast<std::size_t>(static_cast<double>(r) * ri.scale)];
+                j -= static_cast<std::size_t>(c[j] > r);  // C(0) = 0 <= r
+                j += static_cast<std::size_t>(c[j + 1] <= r);
+                while (c[j] > r) --j;
+                while (c[j + 1] <= r) ++j;
+            } else {
+                j = find64(l, k, r);
+            }
+            r -= c[j];
+            const std::size_t t = k - j;
+            const std::uint64_t q = dense_quotient<Exact>(dl, t, r);
+            rout[2 * i] = q;
+            kout[2 * i] = static_cast<std::uint8_t>(j);
+            rout[2 * i + 1] = r - q * dl.d[t];
+            kout[2 * i + 1] = static_cast<std::uint8_t>(t);
+        }
+    }
+
+    // Sets up the dense walk when the configuration allows it (see dense()).
+    void build_dense() {
+        if (limbs() != 1 || dim_ < 8 || !std::has_single_bit(dim_) || leaf_k_ == 0 || pulses_ > 127) return;
+        for (int lv = root_;; lv = levels_[static_cast<std::size_t>(lv)].left) {
+            dense_levels_.push_back(lv);
+            if (levels_[static_cast<std::size_t>(lv)].n == 4) break;
+        }
+        for (std::size_t d = 0; d + 1 < dense_levels_.size(); ++d) {
+            dense_level dl;
+            dl.lv = dense_levels_[d];
+            const level& l = levels_[static_cast<std::size_t>(dl.lv)];
+            const level& right = levels_[static_cast<std::size_t>(l.right)];
+            // r < V(n, K) and d <= V(nR, K) on this level: r d < 2^64 makes the multiply-high exact.
+            const detail::uint128 bound =
+                static_cast<detail::uint128>(l.counts[pulses_ * l.limbs]) * right.counts[pulses_ * right.limbs];
+            dl.exact = bound >> 64 == 0;
+            for (std::size_t t = 0; t <= pulses_; ++t) {
+                const std::uint64_t v = right.counts[t * right.limbs];
+                const detail::uint128 floor_m =
+                    ((detail::uint128{1} << 64) - 1) / v;  // = floor(2^64 / v) unless v | 2^64
+                const bool divides = (v & (v - 1)) == 0;
+                const auto m = static_cast<std::uint64_t>(dl.exact ? ((detail::uint128{1} << 64) - 1) / v + 1
+                                                                   : floor_m + (divides ? 1 : 0));
+                dl.d.push_back(v);
+                dl.mul.push_back(v > 1 ? m : 0);
+                dl.one.push_back(v == 1 ? ~std::uint64_t{0} : 0);
+            }
+            if (d > 0) {  // the root keeps its own guide (row K only)
+                const std::size_t kg = std::min<std::size_t>(l.guide_k, pulses_ + 1);
+                dl.rows.resize(pulses_ + 1);
+                for (std::size_t k = 0; k <= pulses_; ++k) {
+                    dl.rows[k].row = static_cast<std::uint32_t>(l.row_start[k]);
+                    if (k >= kg) continue;
+                    const std::uint64_t* c = l.row(k);
+                    const std::size_t g = 2 * (k + 1);
+                    const auto total = static_cast<double>(c[k + 1]);
+                    dl.rows[k].guide = static_cast<std::uint32_t>(dl.guide.size());
+                    dl.rows[k].scale = static_cast<double>(g) / total;
+                    std::size_t j = 0;
+                    for (std::size_t b = 0; b <= g; ++b) {  // bucket g: r * scale rounded up to G_k
+                        const double lo = static_cast<double>(b) * total / static_cast<double>(g);
+                        while (j < k && static_cast<double>(c[j + 1]) <= lo) ++j;
+                        dl.guide.push_back(static_cast<std::uint8_t>(j));
+                    }
+                }
+            }
+            dense_.push_back(std::move(dl));
+        }
+        leaf_start32_.assign(leaf_start_.begin(), leaf_start_.end());
+        dense_on_ = true;
+    }
+
     // Level of size n (built bottom-up, children first); the root keeps only row K.
     int build(std::size_t n, bool is_root) {
         for (std::size_t i = 0; i < levels_.size(); ++i)
@@ -1119,6 +1334,10 @@ private:
     std::size_t pulses_ = 0;
     std::size_t index_bits_ = 0;
     std::vector<level> levels_;
+    bool dense_on_ = false;
+    std::vector<int> dense_levels_;   // root, its left child, ..., the level of n = 4
+    std::vector<dense_level> dense_;  // the split levels of dense_levels_ (all but the last)
+    std::vector<std::uint32_t> leaf_start32_;
     std::vector<std::size_t> nodes_;  // level -> nodes of that size in one tree
     int root_ = -1;
 };

@@ -43,7 +43,23 @@ struct auto_config_options {
     bool rotate = true;
     std::uint64_t seed = matrix_config{}.seed;
     search_options search{};
+    // Candidates whose full-group index needs more bits are skipped. 64 keeps
+    // the configurations matrix_decoder decodes with its dense one-word path
+    // (speed_config_options).
+    std::size_t max_index_bits = 1024;
 };
+
+// Options of the speed configurations: group sizes 8 / 16 / 32 whose index
+// fits one 64-bit word, decoded by matrix_decoder's dense path (several times
+// faster than N = 128, at a rate cost of about 0.2-0.7 dB SQNR at equal bpw:
+// docs/performance.md, "Speed configurations"). On a 4096-column Gaussian
+// matrix: N = 32 K = 21 at 2 bpw, N = 16 K = 22 at 3, N = 16 K = 46 at 4.
+inline auto_config_options speed_config_options() {
+    auto_config_options o;
+    o.group_dims = {8, 16, 32};
+    o.max_index_bits = 63;  // V(N, K) - 1 < 2^63: V(N, K) itself fits the word (the tables hold it)
+    return o;
+}
 
 struct config_candidate {
     matrix_config config;
@@ -103,8 +119,17 @@ inline std::vector<config_candidate> candidate_configs(std::size_t rows, std::si
                 c.rotate = opt.rotate;
                 c.seed = opt.seed;
                 c.search = opt.search;
-                const auto k = detail::largest_pulses(rows, cols, c, target_bpw);
+                auto k = detail::largest_pulses(rows, cols, c, target_bpw);
                 if (!k) continue;
+                if (pvq_index_bits(n, *k) > opt.max_index_bits) {  // largest K whose index fits (bits rise with K)
+                    if (pvq_index_bits(n, 1) > opt.max_index_bits) continue;
+                    std::size_t lo = 1, hi = *k;  // fits(lo), !fits(hi)
+                    while (hi - lo > 1) {
+                        const std::size_t mid = lo + (hi - lo) / 2;
+                        (pvq_index_bits(n, mid) <= opt.max_index_bits ? lo : hi) = mid;
+                    }
+                    *k = lo;
+                }
                 c.pulses = *k;
                 out.push_back({c, make_layout(rows, cols, c).bits_per_weight(), 0.0});
             }
