@@ -1,5 +1,7 @@
 // End-to-end evaluation: every linear layer of stories260K (wq wk wv wo w1 w2
-// w3 of all 5 blocks) quantized with RTN, GPTQ-RTN, plain PVQ, Hessian PVQ and
+// w3 of all 5 blocks) quantized with RTN, GPTQ-RTN, plain PVQ, Hessian PVQ,
+// Hessian PVQ with mixed precision across matrices (pvq-hessian-mix, and
+// pvq-hessian-mix-seq with sequential drift-corrected calibration) and
 // CRVQ (k-means and PVQ base) at several bpw, and the quantized model compared with the float one
 // (protocol and figures: docs/evaluation.md).
 //
@@ -16,7 +18,8 @@
 // To add a method, push one more model_eval::method into `methods`: a name and
 // a layer_quantizer (W, H, target -> reconstruction, stored bits), or a
 // model_quantizer over all layers at once (shared bits counted once), as the
-// CRVQ rows do.
+// CRVQ rows do, or a calibrated_quantizer that may also run the float model
+// on the calibration set, as pvq-hessian-mix does.
 #include <common/model_eval.hpp>
 
 #include <fmt/format.h>
@@ -49,7 +52,8 @@ std::vector<std::string> split(const std::string& list) {
 
 constexpr std::string_view usage =
     "usage: model_eval [--data DIR] [--json FILE] [--seed S] [--sequences S] [--length L] [--calibration C]\n"
-    "                  [--targets 2,2.5,3,3.25,4] [--methods rtn,gptq-rtn,pvq,pvq-hessian,crvq-kmeans,crvq-pvq]\n"
+    "                  [--targets 2,2.5,3,3.25,4] [--methods rtn,gptq-rtn,pvq,pvq-hessian,pvq-hessian-mix,\n"
+    "                   pvq-hessian-mix-seq,crvq-kmeans,crvq-pvq]\n"
     "                  [--embedding] [--damping D] [--threads T] [--layers]\n";
 
 options parse(int argc, char** argv) {

@@ -5,6 +5,7 @@
 
 #include <common/synthetic.hpp>
 
+#include <svq/kernels/dense_lanes.hpp>
 #include <svq/kernels/gemv.hpp>
 #include <svq/kernels/split_index.hpp>
 #include <svq/matrix/auto_config.hpp>
@@ -356,6 +357,75 @@ TEST_CASE("dense unrank == the plain definition on random indices (one-word conf
             for (std::size_t i = 0; i < c.n; ++i) mismatches += y[g * c.n + i] != expect[i];
         }
         REQUIRE(mismatches == 0);
+    }
+}
+
+TEST_CASE("dense walk in SIMD lanes == the scalar dense walk (edges, tails, fallbacks)") {
+    struct nk {
+        std::size_t n, k;
+    };
+    // As above, plus (64, 6) (three levels below the root) and (8, 16) (nodes
+    // of 4 past the P(4, k) table's k <= 15 now and then: lanes redone by the
+    // scalar code). Lanes are used where 4 K <= 8 N (dense_lanes.hpp). The indices:
+    // 0, V - 1, every boundary C_K(j) of the root row and its neighbours
+    // (a child index of 0 or of its maximum on each side), then random ones;
+    // decoded in batches of every size from 1 to 3 lanes + 1 (tails that
+    // are not a multiple of the lane count) and once all together.
+    for (const nk c : {nk{16, 10}, nk{16, 22}, nk{16, 46}, nk{32, 21}, nk{8, 5}, nk{8, 11}, nk{8, 30}, nk{16, 1},
+                       nk{32, 2}, nk{64, 6}, nk{8, 16}}) {
+        const svq::pvq_split_index ix(c.n, c.k);
+        INFO("N = " << c.n << " K = " << c.k);
+        REQUIRE(ix.dense());
+        const svq::dense_lane_decoder lanes(ix);
+        const bool expect_lanes = svq::detail::lane_walk_arch<svq::simd::default_arch> && 4 * c.k <= 8 * c.n;
+        REQUIRE(lanes.enabled() == expect_lanes);
+        if (!expect_lanes) continue;
+        const std::uint64_t v = ix.size_limbs()[0];
+        std::vector<std::uint64_t> index{0, v - 1};
+        const auto& root = ix.levels()[static_cast<std::size_t>(ix.root())];
+        const std::uint64_t* row = root.row(c.k);
+        for (std::size_t j = 0; j <= c.k + 1; ++j)
+            for (const std::uint64_t e : {row[j] - 1, row[j], row[j] + 1})
+                if (e < v) index.push_back(e);  // row[0] - 1 wraps above V: skipped
+        std::mt19937_64 rng(c.n * 7919 + c.k);
+        while (index.size() < 4000) index.push_back(random_index(ix, rng)[0]);
+        const std::size_t total = index.size();
+        std::vector<std::int8_t> expect(total * c.n), got(total * c.n, 99);
+        svq::pvq_split_index::dense_workspace ws;
+        ix.unrank_dense(index.data(), total, expect.data(), ws);
+        svq::dense_lane_decoder::workspace lws;
+        lanes.unrank(ix, index.data(), total, got.data(), lws);
+        REQUIRE(got == expect);
+        const std::size_t w = lanes.lanes();
+        std::size_t done = 0, batch = 1;
+        int mismatches = 0;
+        while (done < total) {
+            const std::size_t cnt = std::min(batch, total - done);
+            std::vector<std::int8_t> part(cnt * c.n, 99);
+            lanes.unrank(ix, index.data() + done, cnt, part.data(), lws);
+            for (std::size_t i = 0; i < cnt * c.n; ++i) mismatches += part[i] != expect[done * c.n + i];
+            done += cnt;
+            batch = batch % (3 * w + 1) + 1;
+        }
+        REQUIRE(mismatches == 0);
+    }
+}
+
+TEST_CASE("matrix_decoder: SIMD lanes and the scalar dense walk give the same floats") {
+    const std::size_t rows = 12, cols = 300;  // 18 full groups of 16 (9 of 32) per row: not a multiple of 8
+    const std::vector<float> w = svq::examples::gaussian_matrix(rows, cols, 21);
+    for (const double bpw : {2.0, 3.0, 4.0}) {
+        const svq::matrix_config c = svq::choose_config(w, rows, cols, bpw, svq::speed_config_options()).config;
+        const svq::quantized_matrix q = svq::quantize(w, rows, cols, c);
+        const svq::matrix_decoder simd(q), scalar(q, svq::matrix_decoder_options{false});
+        INFO(svq::to_string(c));
+        REQUIRE(scalar.simd_lanes() == 0);
+        const bool lanes = svq::detail::lane_walk_arch<svq::simd::default_arch> && 4 * c.pulses <= 8 * c.group_dim;
+        REQUIRE(simd.simd_lanes() == (lanes ? xsimd::batch<std::int64_t, svq::simd::default_arch>::size : 0));
+        std::vector<float> a(rows * cols, -1.0f), b(rows * cols, -2.0f);
+        simd.dequantize(a);
+        scalar.dequantize(b);
+        REQUIRE(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
     }
 }
 

@@ -39,11 +39,15 @@
 #include <filesystem>
 #include <functional>
 #include <limits>
+#include <map>
+#include <memory>
+#include <optional>
 #include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -79,12 +83,25 @@ struct model_solution {
 };
 using model_quantizer = std::function<model_solution(std::span<const layer_problem> layers, double target_bpw)>;
 
-// A method has one of the two: a per-matrix quantizer (run on the layers in
-// parallel) or a whole-model one.
+// What a whole-model method may use beyond the Hessians: the float model and
+// the calibration set (never the evaluation sets or the real text).
+struct calibration_context {
+    const llama2::model* float_model = nullptr;
+    const std::vector<std::vector<int>>* sequences = nullptr;  // the calibration set
+    unsigned threads = 1;
+    double damping = 0.01;  // as the Hessians' (run_options::damping)
+};
+using calibrated_quantizer =
+    std::function<model_solution(std::span<const layer_problem> layers, double target_bpw, const calibration_context&)>;
+
+// A method has one of the three: a per-matrix quantizer (run on the layers in
+// parallel), a whole-model one, or a whole-model one that also runs the float
+// model on the calibration set.
 struct method {
     std::string name;
     layer_quantizer quantize;
     model_quantizer quantize_all = {};
+    calibrated_quantizer quantize_calibrated = {};
 };
 
 // For each integer width b in 1..8, the smallest group G in {8, 16, ..., 256}
@@ -232,11 +249,6 @@ layer_solution best_rtn(const layer_problem& p, double target, const char* who, 
         if (bpw <= target + 1e-12) return std::move(solution);
     }
     throw invalid_argument(fmt::format("crvq: no base codebook reaches {} bpw", target));
-}
-
-// rtn, gptq-rtn, pvq, pvq-hessian.
-[[nodiscard]] inline std::vector<method> standard_methods() {
-    return {{"rtn", quantize_rtn}, {"gptq-rtn", quantize_gptq_rtn}, {"pvq", quantize_pvq}, {"pvq-hessian", quantize_pvq_hessian}};
 }
 
 // ---------------------------------------------------------------------------
@@ -426,6 +438,463 @@ private:
 }
 
 // ---------------------------------------------------------------------------
+// Mixed precision across matrices (pvq-hessian-mix)
+//
+// Every matrix gets Hessian PVQ candidates at several rates (target + each of
+// mix_options::rate_offsets); the model's loss is estimated as the sum over
+// matrices of s_i * proxy_i(candidate), where proxy_i = tr(dW H dW^T) under the
+// calibration Hessian and s_i = KL_i / proxy_i at the target-rate candidate,
+// KL_i being the mean KL(float || model with matrix i alone quantized) of the
+// next-token distributions on the first sensitivity_sequences calibration
+// sequences. The per-matrix choice minimises that estimate subject to
+// sum of stored bits <= floor(target * weights) (allocate_bits). Everything
+// comes from the float model and the calibration set.
+
+struct mix_options {
+    std::vector<double> rate_offsets = {-0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75};
+    std::size_t sensitivity_sequences = 16;  // first calibration sequences the KL runs on
+    // Second pass (sequential calibration with drift correction): the chosen
+    // configurations are kept (same bits) and each matrix is encoded again, in
+    // model order, against the inputs X~ of the model quantized so far:
+    // minimise |X W^T - X~ Wq^T|^2 + lambda |W - Wq|^2 (X the float model's
+    // inputs), i.e. quantize W' = W (C + lambda I)(H~ + lambda I)^-1 under
+    // H~ + lambda I, with H~ = X~^T X~ / n, C = X^T X~ / n.
+    bool sequential = false;
+    bool drift_correction = true;           // false: quantize W itself under H~ + lambda I (GPTQ's sequential mode)
+    std::size_t sequential_sequences = 32;  // first calibration sequences of that pass
+    auto_config_options config{};
+    gptq_options gptq{};
+};
+
+// One candidate of one matrix for the allocation.
+struct rate_option {
+    std::size_t bits = 0;
+    double loss = 0.0;  // the estimate of the model loss it adds
+};
+
+// For each matrix the index of its chosen option, minimising the sum of
+// losses with the sum of bits <= budget: the Lagrangian choice (argmin loss +
+// lambda bits) at the smallest lambda that fits, bisected, then greedy
+// upgrades by loss saved per extra bit while the budget allows. `fallback`
+// (one feasible choice, e.g. every matrix at the target) is returned instead
+// when its loss is lower. Throws invalid_argument when no choice fits.
+[[nodiscard]] inline std::vector<std::size_t> allocate_bits(const std::vector<std::vector<rate_option>>& options,
+                                                            std::size_t budget,
+                                                            const std::vector<std::size_t>& fallback = {}) {
+    const std::size_t n = options.size();
+    const auto total = [&](const std::vector<std::size_t>& pick, auto field) {
+        double sum = 0.0;
+        for (std::size_t i = 0; i < n; ++i) sum += static_cast<double>(field(options[i][pick[i]]));
+        return sum;
+    };
+    const auto loss_of = [](const rate_option& o) { return o.loss; };
+    const auto pick_at = [&](double lambda) {
+        std::vector<std::size_t> pick(n, 0);
+        for (std::size_t i = 0; i < n; ++i) {
+            if (options[i].empty()) throw invalid_argument(fmt::format("allocate_bits: matrix {} has no option", i));
+            double best = std::numeric_limits<double>::infinity();
+            for (std::size_t j = 0; j < options[i].size(); ++j) {
+                const double v = options[i][j].loss + lambda * static_cast<double>(options[i][j].bits);
+                if (v < best || (v == best && options[i][j].bits < options[i][pick[i]].bits)) {
+                    best = v;
+                    pick[i] = j;
+                }
+            }
+        }
+        return pick;
+    };
+    const auto bits = [&](const std::vector<std::size_t>& pick) {
+        std::size_t sum = 0;
+        for (std::size_t i = 0; i < n; ++i) sum += options[i][pick[i]].bits;
+        return sum;
+    };
+    // The smallest-bits choice must fit.
+    std::vector<std::size_t> smallest(n, 0);
+    for (std::size_t i = 0; i < n; ++i) {
+        if (options[i].empty()) throw invalid_argument(fmt::format("allocate_bits: matrix {} has no option", i));
+        for (std::size_t j = 1; j < options[i].size(); ++j)
+            if (options[i][j].bits < options[i][smallest[i]].bits) smallest[i] = j;
+    }
+    if (bits(smallest) > budget)
+        throw invalid_argument(fmt::format("allocate_bits: the smallest choice takes {} bits, over the budget {}",
+                                           bits(smallest), budget));
+    std::vector<std::size_t> pick = pick_at(0.0);
+    if (bits(pick) > budget) {
+        double lo = 0.0, hi = 1e-12;
+        while (bits(pick_at(hi)) > budget && hi < 1e30) hi *= 4.0;
+        pick = bits(pick_at(hi)) <= budget ? pick_at(hi) : smallest;
+        for (int it = 0; it < 200 && hi > lo * (1.0 + 1e-12); ++it) {
+            const double mid = 0.5 * (lo + hi);
+            const std::vector<std::size_t> p = pick_at(mid);
+            if (bits(p) <= budget) {
+                hi = mid;
+                pick = p;
+            } else {
+                lo = mid;
+            }
+        }
+    }
+    // Greedy upgrades into what is left.
+    for (std::size_t used = bits(pick);;) {
+        double best_ratio = 0.0;
+        std::size_t bi = n, bj = 0;
+        for (std::size_t i = 0; i < n; ++i) {
+            const rate_option& cur = options[i][pick[i]];
+            for (std::size_t j = 0; j < options[i].size(); ++j) {
+                const rate_option& o = options[i][j];
+                if (!(o.loss < cur.loss) || used - cur.bits + o.bits > budget) continue;
+                const double extra = static_cast<double>(o.bits) - static_cast<double>(cur.bits);
+                const double ratio = extra <= 0.0 ? std::numeric_limits<double>::infinity() : (cur.loss - o.loss) / extra;
+                if (ratio > best_ratio) {
+                    best_ratio = ratio;
+                    bi = i;
+                    bj = j;
+                }
+            }
+        }
+        if (bi == n) break;
+        used = used - options[bi][pick[bi]].bits + options[bi][bj].bits;
+        pick[bi] = bj;
+    }
+    if (fallback.size() == n && bits(fallback) <= budget && total(fallback, loss_of) < total(pick, loss_of))
+        return fallback;
+    return pick;
+}
+
+namespace detail {
+
+// FNV-1a over raw bytes: keys the candidate cache to the exact inputs.
+inline std::uint64_t fingerprint(const void* data, std::size_t bytes, std::uint64_t h = 0xcbf29ce484222325ull) noexcept {
+    const auto* p = static_cast<const unsigned char*>(data);
+    for (std::size_t i = 0; i < bytes; ++i) h = (h ^ p[i]) * 0x100000001b3ull;
+    return h;
+}
+
+struct mix_candidate {
+    double rate = 0.0;
+    std::vector<float> weights;
+    std::size_t stored_bits = 0;
+    matrix_config config;
+    double proxy = 0.0;
+};
+
+}  // namespace detail
+
+namespace detail {
+
+// H~ = X~^T X~ / n and C = X^T X~ / n for the linears `wanted` (model::linears()
+// indices): X the float model's inputs, X~ the quantized model's at the same
+// positions of `sequences`. Fixed chunks of sequences reduced in order: the
+// result does not depend on `threads`.
+struct drift_statistics {
+    Eigen::MatrixXd h, c;
+};
+inline std::vector<drift_statistics> collect_drift(const llama2::model& float_model, const llama2::model& quantized,
+                                                   const std::vector<std::vector<int>>& sequences,
+                                                   const std::vector<std::size_t>& wanted, unsigned threads) {
+    const std::vector<llama2::linear_info>& infos = float_model.linear_infos();
+    constexpr std::size_t chunks = 8, batch = 256;
+    std::vector<std::vector<drift_statistics>> partial(chunks);
+    std::size_t tokens = 0;
+    for (const std::vector<int>& q : sequences) tokens += q.size();
+    detail::parallel_for(chunks, threads, [&](std::size_t chunk) {
+        std::vector<drift_statistics>& acc = partial[chunk];
+        std::vector<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> bf(wanted.size()), bq(wanted.size());
+        std::vector<std::vector<float>> xf(wanted.size()), xq(wanted.size());
+        for (std::size_t k = 0; k < wanted.size(); ++k) {
+            const auto cols = static_cast<Eigen::Index>(infos[wanted[k]].cols);
+            acc.push_back({Eigen::MatrixXd::Zero(cols, cols), Eigen::MatrixXd::Zero(cols, cols)});
+            bf[k].resize(static_cast<Eigen::Index>(batch), cols);
+            bq[k].resize(static_cast<Eigen::Index>(batch), cols);
+        }
+        std::size_t filled = 0;
+        const auto flush = [&] {
+            for (std::size_t k = 0; k < wanted.size(); ++k) {
+                const auto f = bf[k].topRows(static_cast<Eigen::Index>(filled));
+                const auto q = bq[k].topRows(static_cast<Eigen::Index>(filled));
+                acc[k].h.noalias() += q.transpose() * q;
+                acc[k].c.noalias() += f.transpose() * q;
+            }
+            filled = 0;
+        };
+        const auto hook_into = [&](std::vector<std::vector<float>>& dst) {
+            return [&wanted, &dst](const llama2::linear_info& info, std::span<const float> input) {
+                const auto it = std::find(wanted.begin(), wanted.end(), info.index);
+                if (it != wanted.end()) dst[static_cast<std::size_t>(it - wanted.begin())].assign(input.begin(), input.end());
+            };
+        };
+        llama2::session sf(float_model), sq(quantized);
+        sf.set_activation_hook(hook_into(xf));
+        sq.set_activation_hook(hook_into(xq));
+        for (std::size_t s = chunk; s < sequences.size(); s += chunks) {
+            for (std::size_t p = 0; p < sequences[s].size(); ++p) {
+                (void)sf.forward(sequences[s][p], static_cast<int>(p));
+                (void)sq.forward(sequences[s][p], static_cast<int>(p));
+                for (std::size_t k = 0; k < wanted.size(); ++k)
+                    for (std::size_t j = 0; j < xf[k].size(); ++j) {
+                        bf[k](static_cast<Eigen::Index>(filled), static_cast<Eigen::Index>(j)) = xf[k][j];
+                        bq[k](static_cast<Eigen::Index>(filled), static_cast<Eigen::Index>(j)) = xq[k][j];
+                    }
+                if (++filled == batch) flush();
+            }
+        }
+        flush();
+    });
+    std::vector<drift_statistics> out = std::move(partial[0]);
+    for (std::size_t chunk = 1; chunk < chunks; ++chunk)
+        for (std::size_t k = 0; k < wanted.size(); ++k) {
+            out[k].h += partial[chunk][k].h;
+            out[k].c += partial[chunk][k].c;
+        }
+    const double n = static_cast<double>(std::max<std::size_t>(tokens, 1));
+    for (drift_statistics& d : out) {
+        d.h /= n;
+        d.c /= n;
+    }
+    return out;
+}
+
+}  // namespace detail
+
+// What pvq-hessian-mix chose, for the report and the tests.
+struct mix_result {
+    model_solution solution;
+    std::vector<matrix_config> configs;   // per matrix
+    std::vector<double> rates;            // the candidate rate each matrix got
+    std::vector<double> sensitivity;      // s_i = KL_i / proxy_i
+    std::size_t budget_bits = 0;          // floor(target * weights)
+    double estimated_loss = 0.0;          // sum of s_i proxy_i of the choice
+    double uniform_estimated_loss = 0.0;  // the same for every matrix at the target
+};
+
+// Candidates and sensitivities are cached across calls (the targets of a run
+// share rates), keyed by fingerprints of every input they depend on.
+class pvq_hessian_mix {
+public:
+    explicit pvq_hessian_mix(mix_options options = {}) : options_(std::move(options)) {}
+
+    mix_result run(std::span<const layer_problem> ps, double target, const calibration_context& ctx) {
+        return run(ps, target, ctx, options_.sequential);
+    }
+
+    // The same with mix_options::sequential set to `sequential` (the candidates
+    // and sensitivities are shared: pvq-hessian-mix and -mix-seq share one object).
+    mix_result run(std::span<const layer_problem> ps, double target, const calibration_context& ctx, bool sequential) {
+        if (ctx.float_model == nullptr || ctx.sequences == nullptr || ctx.sequences->empty())
+            throw invalid_argument("pvq-hessian-mix needs the float model and a non-empty calibration set");
+        const llama2::model& float_model = *ctx.float_model;
+        const std::size_t n = ps.size();
+        std::size_t weights = 0;
+        for (const layer_problem& p : ps) weights += p.rows * p.cols;
+        std::vector<double> rates;
+        for (const double d : options_.rate_offsets)
+            if (target + d > 0.0) rates.push_back(target + d);
+        if (std::find(rates.begin(), rates.end(), target) == rates.end()) rates.push_back(target);
+        std::sort(rates.begin(), rates.end());
+
+        // Candidates: (matrix, rate) pairs not cached yet, in parallel.
+        std::vector<std::uint64_t> keys(n);
+        for (std::size_t i = 0; i < n; ++i) {
+            const layer_problem& p = ps[i];
+            std::uint64_t h = detail::fingerprint(p.weights.data(), p.weights.size_bytes());
+            h = detail::fingerprint(p.hessian.data(), p.hessian.size_bytes(), h);
+            h = detail::fingerprint(&p.rows, sizeof p.rows, h);
+            keys[i] = detail::fingerprint(&p.cols, sizeof p.cols, h);
+        }
+        const auto rate_key = [](double r) { return std::llround(r * 1e6); };
+        std::vector<std::pair<std::size_t, double>> todo;
+        for (std::size_t i = 0; i < n; ++i)
+            for (const double r : rates)
+                if (!candidates_.contains({keys[i], rate_key(r)})) todo.emplace_back(i, r);
+        std::vector<std::optional<detail::mix_candidate>> made(todo.size());
+        detail::parallel_for(todo.size(), ctx.threads, [&](std::size_t t) {
+            const layer_problem& p = ps[todo[t].first];
+            gptq_options g = options_.gptq;
+            g.threads = 1;
+            try {
+                const config_candidate c = choose_config(p.weights, p.rows, p.cols, p.hessian, todo[t].second, options_.config, g);
+                const quantized_matrix q = quantize(p.weights, p.rows, p.cols, p.hessian, c.config, g);
+                detail::mix_candidate m{todo[t].second, q.dequantize(), q.stored_bits(), q.config(), 0.0};
+                m.proxy = proxy_loss(p.weights, m.weights, p.rows, p.cols, p.hessian);
+                made[t] = std::move(m);
+            } catch (const invalid_argument&) {
+                // this rate is out of reach for this shape: not a candidate
+            }
+        });
+        for (std::size_t t = 0; t < todo.size(); ++t)
+            candidates_[{keys[todo[t].first], rate_key(todo[t].second)}] = std::move(made[t]);
+        std::vector<std::vector<const detail::mix_candidate*>> per(n);
+        for (std::size_t i = 0; i < n; ++i)
+            for (const double r : rates)
+                if (const auto& c = candidates_.at({keys[i], rate_key(r)})) per[i].push_back(&*c);
+
+        // Sensitivities: one matrix at its target-rate candidate (else the
+        // nearest rate below, else the lowest), KL on the calibration subset.
+        const std::vector<std::vector<int>> subset(
+            ctx.sequences->begin(),
+            ctx.sequences->begin() + static_cast<std::ptrdiff_t>(std::min(options_.sensitivity_sequences, ctx.sequences->size())));
+        std::uint64_t model_key = detail::fingerprint(float_model.token_embedding().data(), float_model.token_embedding().size_bytes());
+        for (const llama2::linear_view& v : float_model.linears())
+            model_key = detail::fingerprint(v.weights.data(), v.weights.size_bytes(), model_key);
+        for (const std::vector<int>& s : subset) model_key = detail::fingerprint(s.data(), s.size() * sizeof(int), model_key);
+        std::optional<reference_set> reference;
+        mix_result out;
+        out.sensitivity.resize(n);
+        std::vector<std::size_t> at_target(n, 0);
+        for (std::size_t i = 0; i < n; ++i) {
+            if (per[i].empty())
+                throw invalid_argument(fmt::format("pvq-hessian-mix: no rate of {} reaches a PVQ configuration near {} bpw",
+                                                   ps[i].name, target));
+            for (std::size_t j = 0; j < per[i].size(); ++j)
+                if (per[i][j]->rate <= target + 1e-12) at_target[i] = j;
+            const detail::mix_candidate& c = *per[i][at_target[i]];
+            const std::tuple key{model_key, keys[i], rate_key(c.rate)};
+            auto it = kl_.find(key);
+            if (it == kl_.end()) {
+                if (!reference) reference.emplace(float_model, subset, ctx.threads);
+                llama2::model m = float_model;
+                std::span<float> dst = m.mutable_token_embedding();
+                for (const llama2::linear_ref& r : m.linears())
+                    if (r.name == ps[i].name) dst = r.weights;
+                if (dst.size() != c.weights.size())
+                    throw invalid_argument(fmt::format("pvq-hessian-mix: {} is not a matrix of the model", ps[i].name));
+                std::copy(c.weights.begin(), c.weights.end(), dst.begin());
+                it = kl_.emplace(key, reference->evaluate(m, ctx.threads).mean_kl).first;
+            }
+            out.sensitivity[i] = c.proxy > 0.0 ? it->second / c.proxy : 0.0;
+        }
+
+        // The allocation.
+        std::vector<std::vector<rate_option>> opts(n);
+        for (std::size_t i = 0; i < n; ++i)
+            for (const detail::mix_candidate* c : per[i]) opts[i].push_back({c->stored_bits, out.sensitivity[i] * c->proxy});
+        out.budget_bits = static_cast<std::size_t>(std::floor(target * static_cast<double>(weights)));
+        const std::vector<std::size_t> pick = allocate_bits(opts, out.budget_bits, at_target);
+        for (std::size_t i = 0; i < n; ++i) {
+            const detail::mix_candidate& c = *per[i][pick[i]];
+            out.solution.layers.push_back({c.weights, c.stored_bits, fmt::format("{} ({:.2f} bpw slot, s {:.3g})",
+                                                                                to_string(c.config), c.rate, out.sensitivity[i])});
+            out.configs.push_back(c.config);
+            out.rates.push_back(c.rate);
+            out.estimated_loss += opts[i][pick[i]].loss;
+            out.uniform_estimated_loss += opts[i][at_target[i]].loss;
+        }
+        if (sequential) sequential_pass(ps, ctx, out);
+        return out;
+    }
+
+private:
+    // mix_options::sequential: stages in model order (per block: wq wk wv, then
+    // wo, then w1 w3, then w2), each against the inputs of the model with every
+    // earlier stage (and the embedding, when quantized) already replaced.
+    void sequential_pass(std::span<const layer_problem> ps, const calibration_context& ctx, mix_result& out) const {
+        const llama2::model& float_model = *ctx.float_model;
+        llama2::model q = float_model;
+        const std::vector<llama2::linear_ref> refs = q.linears();
+        std::vector<std::size_t> linear_of(ps.size(), refs.size());  // refs.size(): the embedding
+        for (std::size_t i = 0; i < ps.size(); ++i) {
+            for (const llama2::linear_ref& r : refs)
+                if (r.name == ps[i].name) linear_of[i] = r.index;
+            if (linear_of[i] == refs.size()) {
+                const std::span<float> e = q.mutable_token_embedding();
+                if (e.size() != out.solution.layers[i].weights.size())
+                    throw invalid_argument(fmt::format("pvq-hessian-mix: {} is not a matrix of the model", ps[i].name));
+                std::copy(out.solution.layers[i].weights.begin(), out.solution.layers[i].weights.end(), e.begin());
+            }
+        }
+        const auto stage_of = [&](std::size_t linear) {
+            const llama2::linear_kind k = refs[linear].kind;
+            const std::size_t part = k == llama2::linear_kind::wo   ? 1
+                                     : k == llama2::linear_kind::w1 || k == llama2::linear_kind::w3 ? 2
+                                     : k == llama2::linear_kind::w2 ? 3
+                                                                    : 0;
+            return static_cast<std::size_t>(refs[linear].layer) * 4 + part;
+        };
+        std::map<std::size_t, std::vector<std::size_t>> stages;  // stage -> problem indices
+        for (std::size_t i = 0; i < ps.size(); ++i)
+            if (linear_of[i] < refs.size()) stages[stage_of(linear_of[i])].push_back(i);
+        const std::vector<std::vector<int>> subset(
+            ctx.sequences->begin(),
+            ctx.sequences->begin() + static_cast<std::ptrdiff_t>(std::min(options_.sequential_sequences, ctx.sequences->size())));
+        for (const auto& [stage, members] : stages) {
+            std::vector<std::size_t> wanted;
+            for (const std::size_t i : members) wanted.push_back(linear_of[i]);
+            const std::vector<detail::drift_statistics> stats = detail::collect_drift(float_model, q, subset, wanted, ctx.threads);
+            detail::parallel_for(members.size(), ctx.threads, [&](std::size_t k) {
+                const std::size_t i = members[k];
+                const layer_problem& p = ps[i];
+                const auto cols = static_cast<Eigen::Index>(p.cols), rows = static_cast<Eigen::Index>(p.rows);
+                const double lambda = ctx.damping * stats[k].h.diagonal().mean();
+                const Eigen::MatrixXd hd = stats[k].h + lambda * Eigen::MatrixXd::Identity(cols, cols);
+                const Eigen::MatrixXd cd = options_.drift_correction ? Eigen::MatrixXd(stats[k].c + lambda * Eigen::MatrixXd::Identity(cols, cols)) : hd;
+                const Eigen::LLT<Eigen::MatrixXd> llt(hd);
+                if (llt.info() != Eigen::Success)
+                    throw invalid_argument(fmt::format("pvq-hessian-mix: damped drift Hessian of {} is not positive definite", p.name));
+                const Eigen::MatrixXd w =
+                    Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(p.weights.data(), rows, cols)
+                        .cast<double>();
+                // W' = W Cd Hd^-1, i.e. W'^T = Hd^-1 Cd^T W^T.
+                const Eigen::MatrixXd target_t = llt.solve(cd.transpose() * w.transpose());
+                std::vector<float> target(p.rows * p.cols);
+                for (Eigen::Index r = 0; r < rows; ++r)
+                    for (Eigen::Index c = 0; c < cols; ++c)
+                        target[static_cast<std::size_t>(r * cols + c)] = static_cast<float>(target_t(c, r));
+                std::vector<double> h(p.cols * p.cols);
+                Eigen::Map<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(h.data(), cols, cols) = hd;
+                gptq_options g = options_.gptq;
+                g.threads = 1;
+                const quantized_matrix m = quantize(target, p.rows, p.cols, h, out.configs[i], g);
+                layer_solution& s = out.solution.layers[i];
+                if (m.stored_bits() != s.stored_bits)
+                    throw invalid_argument(fmt::format("pvq-hessian-mix: {} re-encoded to {} bits, not {}", p.name,
+                                                       m.stored_bits(), s.stored_bits));
+                s.weights = m.dequantize();
+                s.config += ", sequential";
+            });
+            for (const std::size_t i : members)
+                std::copy(out.solution.layers[i].weights.begin(), out.solution.layers[i].weights.end(),
+                          refs[linear_of[i]].weights.begin());
+        }
+    }
+
+    mix_options options_;
+    std::map<std::pair<std::uint64_t, long long>, std::optional<detail::mix_candidate>> candidates_;
+    std::map<std::tuple<std::uint64_t, std::uint64_t, long long>, double> kl_;
+};
+
+// The method: a fresh cache per method object (shared by its targets).
+[[nodiscard]] inline method pvq_hessian_mix_method(mix_options options = {}, std::string name = "pvq-hessian-mix") {
+    auto state = std::make_shared<pvq_hessian_mix>(std::move(options));
+    return {std::move(name), nullptr, nullptr,
+            [state](std::span<const layer_problem> ps, double target, const calibration_context& ctx) {
+                return state->run(ps, target, ctx).solution;
+            }};
+}
+
+// pvq-hessian-mix (the allocation) and pvq-hessian-mix-seq (the same
+// allocation, then the sequential drift-corrected pass), sharing one cache.
+[[nodiscard]] inline std::vector<method> pvq_hessian_mix_methods(const mix_options& options = {}) {
+    auto state = std::make_shared<pvq_hessian_mix>(options);
+    std::vector<method> out;
+    for (const bool sequential : {false, true})
+        out.push_back({sequential ? "pvq-hessian-mix-seq" : "pvq-hessian-mix", nullptr, nullptr,
+                       [state, sequential](std::span<const layer_problem> ps, double target, const calibration_context& ctx) {
+                           return state->run(ps, target, ctx, sequential).solution;
+                       }});
+    return out;
+}
+
+// rtn, gptq-rtn, pvq, pvq-hessian, pvq-hessian-mix, pvq-hessian-mix-seq.
+[[nodiscard]] inline std::vector<method> standard_methods() {
+    std::vector<method> out = {{"rtn", quantize_rtn},
+                               {"gptq-rtn", quantize_gptq_rtn},
+                               {"pvq", quantize_pvq},
+                               {"pvq-hessian", quantize_pvq_hessian}};
+    for (method& m : pvq_hessian_mix_methods()) out.push_back(std::move(m));
+    return out;
+}
+
+// ---------------------------------------------------------------------------
 // The table
 
 struct run_options {
@@ -442,6 +911,29 @@ struct run_options {
 };
 
 inline constexpr std::uint64_t calibration_seed_offset = 0x9E3779B97F4A7C15ull;
+
+// The calibration set: o.calibration_sequences sampled with seed +
+// calibration_seed_offset, skipping any draw that is also in the evaluation
+// set (short sequences from a small model do repeat), so the two sets are
+// disjoint by construction. One sampling stream: when no draw is skipped the
+// set is exactly the first o.calibration_sequences draws.
+[[nodiscard]] inline std::vector<std::vector<int>> disjoint_calibration(const llama2::model& m,
+                                                                        const std::vector<std::vector<int>>& evaluation,
+                                                                        const run_options& o) {
+    for (int extra = 0;; extra = 2 * extra + 4) {
+        std::vector<std::vector<int>> kept;
+        for (std::vector<int>& c : llama2::sample_sequences(m, o.calibration_sequences + extra, o.length,
+                                                            o.seed + calibration_seed_offset, 1.0f)) {
+            if (static_cast<int>(kept.size()) == o.calibration_sequences) break;
+            if (std::find(evaluation.begin(), evaluation.end(), c) == evaluation.end()) kept.push_back(std::move(c));
+        }
+        if (static_cast<int>(kept.size()) == o.calibration_sequences) return kept;
+        if (extra > 64 * (o.calibration_sequences + 1))
+            throw invalid_argument(fmt::format(
+                "cannot sample {} calibration sequences of length {} outside the evaluation set (seed {})",
+                o.calibration_sequences, o.length, o.seed));
+    }
+}
 
 struct table_row {
     std::string method;  // "float" for the reference row
@@ -482,7 +974,8 @@ struct table {
 // Quantizes every linear layer of `m` (and the embedding when asked) with q at
 // target bpw, in place; returns the row's bit count, weights and configs.
 inline void quantize_model(llama2::model& m, const std::vector<std::vector<double>>& hessians, const method& q,
-                           double target, bool embedding, unsigned threads, table_row& row) {
+                           double target, bool embedding, unsigned threads, table_row& row,
+                           const calibration_context& calibration = {}) {
     const std::vector<llama2::linear_ref> linears = m.linears();
     const std::size_t count = linears.size() + (embedding ? 1 : 0);
     std::vector<layer_solution> solutions(count);
@@ -495,7 +988,8 @@ inline void quantize_model(llama2::model& m, const std::vector<std::vector<doubl
         identity.assign(dim * dim, 0.0);
         for (std::size_t i = 0; i < dim; ++i) identity[i * dim + i] = 1.0;
     }
-    const unsigned inner = q.quantize_all ? threads : std::max(1u, threads / static_cast<unsigned>(count));
+    const bool whole = q.quantize_all || q.quantize_calibrated;
+    const unsigned inner = whole ? threads : std::max(1u, threads / static_cast<unsigned>(count));
     const auto problem = [&](std::size_t i) {
         layer_problem p;
         if (i < linears.size()) {
@@ -520,10 +1014,13 @@ inline void quantize_model(llama2::model& m, const std::vector<std::vector<doubl
                 fmt::format("{} returned {} weights for {} ({} x {})", q.name, s.weights.size(), p.name, p.rows, p.cols));
     };
     std::size_t shared_bits = 0;
-    if (q.quantize_all) {
+    if (whole) {
         std::vector<layer_problem> problems;
         for (std::size_t i = 0; i < count; ++i) problems.push_back(problem(i));
-        model_solution all = q.quantize_all(problems, target);
+        if (q.quantize_calibrated && (calibration.float_model == nullptr || calibration.sequences == nullptr))
+            throw invalid_argument(fmt::format("{} needs the calibration context (float model, calibration set)", q.name));
+        model_solution all = q.quantize_all ? q.quantize_all(problems, target)
+                                            : q.quantize_calibrated(problems, target, calibration);
         if (all.layers.size() != count)
             throw invalid_argument(fmt::format("{} returned {} layers for {}", q.name, all.layers.size(), count));
         for (std::size_t i = 0; i < count; ++i) check(problems[i], all.layers[i]);
@@ -579,8 +1076,7 @@ inline table run(const run_options& o, const std::vector<method>& methods,
                              o.threads);
     const reference_set sampled(float_model,
                                 llama2::sample_sequences(float_model, o.sequences, o.length, o.seed, 1.0f), o.threads);
-    const std::vector<std::vector<int>> calibration = llama2::sample_sequences(
-        float_model, o.calibration_sequences, o.length, o.seed + calibration_seed_offset, 1.0f);
+    const std::vector<std::vector<int>> calibration = disjoint_calibration(float_model, sampled.sequences(), o);
     for (const std::vector<int>& c : calibration)
         t.shared_sequences += static_cast<std::size_t>(
             std::count(sampled.sequences().begin(), sampled.sequences().end(), c));
@@ -613,7 +1109,7 @@ inline table run(const run_options& o, const std::vector<method>& methods,
                 row.embedding = embedding;
                 llama2::model m = float_model;
                 const auto t0 = std::chrono::steady_clock::now();
-                quantize_model(m, hessians, *q, target, embedding, o.threads, row);
+                quantize_model(m, hessians, *q, target, embedding, o.threads, row, {&float_model, &calibration, o.threads, o.damping});
                 row.quantize_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
                 finish(row, m);
             }

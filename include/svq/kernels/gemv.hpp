@@ -22,6 +22,7 @@
 #include <svq/core/bitstream.hpp>
 #include <svq/core/parallel.hpp>
 #include <svq/error.hpp>
+#include <svq/kernels/dense_lanes.hpp>
 #include <svq/kernels/split_index.hpp>
 #include <svq/matrix/quantized_matrix.hpp>
 #include <svq/pvq/codec.hpp>
@@ -154,16 +155,24 @@ inline float float_dot(const float* a, const float* b, std::size_t n) noexcept {
 
 }  // namespace detail
 
+struct matrix_decoder_options {
+    // Dense path: decode groups side by side in SIMD lanes (dense_lane_decoder)
+    // where the build and the configuration allow it; false keeps the scalar
+    // dense walk (same output; for comparisons).
+    bool simd_lanes = true;
+};
+
 class matrix_decoder {
 public:
     // Builds the unrank tables of the full and the tail group, the gain levels
     // and the rotation of q. q must outlive the decoder.
-    explicit matrix_decoder(const quantized_matrix& q)
+    explicit matrix_decoder(const quantized_matrix& q, matrix_decoder_options options = {})
         : q_(&q),
           l_(q.layout()),
           scales_{q.layout().row_scale_bits, q.reference_scale()},
           full_(l_.group_dim, l_.pulses),
           gain_levels_(levels_of(l_.group_dim)) {
+        if (options.simd_lanes && full_.dense()) lanes_ = dense_lane_decoder(full_);
         if (l_.tail_dim != 0) {
             tail_.emplace(l_.tail_dim, l_.tail_pulses);
             tail_levels_ = levels_of(l_.tail_dim);
@@ -174,6 +183,8 @@ public:
     std::size_t rows() const noexcept { return l_.rows; }
     std::size_t cols() const noexcept { return l_.cols; }
     const pvq_split_index& full_index() const noexcept { return full_; }
+    // Groups the dense path decodes side by side (0: the scalar walk).
+    std::size_t simd_lanes() const noexcept { return lanes_.lanes(); }
 
     // Row r before the inverse rotation (cols floats). Throws svq::corrupt_data
     // for an index >= V(N, K) or a bad row scale code.
@@ -275,6 +286,7 @@ private:
         std::vector<std::uint32_t> codes;  // the row's gain codes
         pvq_split_index::unrank_workspace ws;
         pvq_split_index::dense_workspace dense;
+        dense_lane_decoder::workspace lanes;
         std::vector<std::int8_t> y8;  // dense path: the row's full-group pulses
         std::vector<float> row;       // dense gemv: the decoded row (rotated domain)
     };
@@ -340,7 +352,10 @@ private:
                     throw corrupt_data(
                         fmt::format("matrix_decoder: row {} group {}: index {} is not below V(N={}, K={}) = {}", r, j,
                                     index[j], n, l_.pulses, size));
-        full_.unrank_dense(index, full, sc.y8.data(), sc.dense);
+        if (lanes_.enabled())
+            lanes_.unrank(full_, index, full, sc.y8.data(), sc.lanes);
+        else
+            full_.unrank_dense(index, full, sc.y8.data(), sc.dense);
         const std::int8_t* y8 = sc.y8.data();
         int* y = sc.y.data();
         for (std::size_t i = 0; i < full * n; ++i) y[i] = y8[i];  // vectorises (sign extension)
@@ -409,6 +424,7 @@ private:
     matrix_layout l_;
     detail::row_scale_codec scales_;
     pvq_split_index full_;
+    dense_lane_decoder lanes_;  // built from full_ when it is dense
     std::optional<pvq_split_index> tail_;
     std::vector<double> gain_levels_, tail_levels_;
     std::optional<hadamard_rotation> rotation_;

@@ -677,6 +677,12 @@ public:
     // double reciprocal with one correction (r < 2^52), else the divide
     // instruction.
     bool dense() const noexcept { return dense_on_; }
+    // The table of all points of P(4, k) for k < leaf4_pulses() (0: none):
+    // entry leaf4_start()[k] + r is the point of index r, four int8 packed
+    // lowest coordinate first (kernels/dense_lanes.hpp reads it).
+    std::size_t leaf4_pulses() const noexcept { return leaf_k_; }
+    std::span<const std::size_t> leaf4_start() const noexcept { return leaf_start_; }
+    std::span<const std::uint32_t> leaf4_table() const noexcept { return leaf4_; }
     struct dense_workspace {
         std::vector<std::uint64_t> r[2];
         std::vector<std::uint8_t> k[2];
