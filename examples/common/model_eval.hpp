@@ -748,7 +748,8 @@ public:
             for (std::size_t j = 0; j < per[i].size(); ++j)
                 if (per[i][j]->rate <= target + 1e-12) at_target[i] = j;
             const detail::mix_candidate& c = *per[i][at_target[i]];
-            const std::tuple key{model_key, keys[i], rate_key(c.rate)};
+            // The name too: which matrix of the model is swapped in (two matrices could hold the same data).
+            const std::tuple key{model_key, keys[i], std::string(ps[i].name), rate_key(c.rate)};
             auto it = kl_.find(key);
             if (it == kl_.end()) {
                 if (!reference) reference.emplace(float_model, subset, ctx.threads);
@@ -761,7 +762,20 @@ public:
                 std::copy(c.weights.begin(), c.weights.end(), dst.begin());
                 it = kl_.emplace(key, reference->evaluate(m, ctx.threads).mean_kl).first;
             }
-            out.sensitivity[i] = c.proxy > 0.0 ? it->second / c.proxy : 0.0;
+            // KL per unit of proxy loss. A matrix stored exactly at the target (proxy 0) takes the
+            // largest proxy of its candidates as the unit; if every candidate is exact, it costs nothing.
+            double largest = 0.0;
+            for (const detail::mix_candidate* other : per[i]) {
+                if (!std::isfinite(other->proxy) || other->proxy < 0.0)
+                    throw invalid_argument(fmt::format("pvq-hessian-mix: proxy loss {} of {} at {} bpw",
+                                                       other->proxy, ps[i].name, other->rate));
+                largest = std::max(largest, other->proxy);
+            }
+            const double unit = c.proxy > 0.0 ? c.proxy : largest;
+            if (!std::isfinite(it->second))
+                throw invalid_argument(
+                    fmt::format("pvq-hessian-mix: KL {} with {} alone quantized", it->second, ps[i].name));
+            out.sensitivity[i] = unit > 0.0 ? it->second / unit : 0.0;
         }
 
         // The allocation.
@@ -859,7 +873,7 @@ private:
 
     mix_options options_;
     std::map<std::pair<std::uint64_t, long long>, std::optional<detail::mix_candidate>> candidates_;
-    std::map<std::tuple<std::uint64_t, std::uint64_t, long long>, double> kl_;
+    std::map<std::tuple<std::uint64_t, std::uint64_t, std::string, long long>, double> kl_;
 };
 
 // The method: a fresh cache per method object (shared by its targets).

@@ -71,10 +71,7 @@ public:
     bool enabled() const noexcept { return on_; }
     // Groups per vector (0 when not enabled).
     std::size_t lanes() const noexcept {
-        if constexpr (detail::lane_walk_arch<simd::default_arch>)
-            return on_ ? xsimd::batch<std::int64_t, simd::default_arch>::size : 0;
-        else
-            return 0;
+        return on_ ? simd::lanes_of<std::int64_t>() : 0;
     }
     std::size_t table_bytes() const noexcept {
         std::size_t b = 8 * leaf_pairs_.size() + 8 * start_.size();
@@ -142,7 +139,7 @@ private:
             t.last = d + 1 == chain.size();
             const auto& l = lv[static_cast<std::size_t>(t.lv)];
             const auto& right = lv[static_cast<std::size_t>(l.right)];
-            if (!t.root && l.counts[K * l.limbs] >= c_limit) return;  // r must fit below the k field
+            if (!t.root && l.counts[K * l.limbs] >= c_limit) return levels_.clear();  // r must fit below the k field
             t.stride = static_cast<double>(B + 1);
             const std::size_t k0 = t.root ? K : 0;
             for (std::size_t k = k0; k <= K; ++k) {
@@ -162,7 +159,7 @@ private:
             }
             for (std::size_t u = 0; u <= K; ++u) {
                 const std::uint64_t dv = right.counts[u * right.limbs];
-                if (dv >= d_limit) return;
+                if (dv >= d_limit) return levels_.clear();  // off: no tables kept (table_bytes() 0)
                 std::int64_t p = static_cast<std::int64_t>(dv);
                 if (t.last && u < ix.leaf4_pulses()) p |= static_cast<std::int64_t>(ix.leaf4_start()[u]) << d_bits;
                 t.dpack.push_back(bits(p));
@@ -276,13 +273,9 @@ private:
         }
     }
 
-// GCC 12's AVX-512 intrinsics (gathers, conversions) trip -Wmaybe-uninitialized
-// when inlined (GCC bug 105593, as in simd/compat.hpp); the values are never read.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+    // GCC 12's AVX-512 intrinsics (gathers, conversions) trip -Wmaybe-uninitialized
+    // when inlined (GCC bug 105593, as in simd/compat.hpp); the values are never read.
+    SVQ_GCC_AVX512_WARNINGS_OFF
     // Nonnegative integers below 2^52 <-> doubles, exactly (the exponent trick:
     // no 64-bit conversion instruction needed before AVX-512 DQ).
     template <class Arch>
@@ -385,9 +378,7 @@ private:
             }
         }
     }
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+    SVQ_GCC_AVX512_WARNINGS_ON
 
     bool on_ = false;
     std::vector<level_tables> levels_;  // root first, the level of 8 last

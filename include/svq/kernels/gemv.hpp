@@ -89,11 +89,7 @@ inline void scale_dense_groups_scalar(const int* y, const std::uint32_t* codes, 
 // scale per batch of lanes (N = 16 on AVX-512: one of each per group).
 // GCC 12's avx512fintrin.h trips -Wmaybe-uninitialized inside the integer
 // reduction (GCC bug 105593, as in simd/compat.hpp); the value is never read.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+SVQ_GCC_AVX512_WARNINGS_OFF
 template <class Arch>
 void scale_dense_groups_kernel(Arch, const int* y, const std::uint32_t* codes, const double* levels, double s,
                                std::size_t groups, std::size_t n, float* out) noexcept {
@@ -113,14 +109,12 @@ void scale_dense_groups_kernel(Arch, const int* y, const std::uint32_t* codes, c
     }
 }
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+SVQ_GCC_AVX512_WARNINGS_ON
 
 inline void scale_dense_groups(const int* y, const std::uint32_t* codes, const double* levels, double s,
                                std::size_t groups, std::size_t n, float* out) noexcept {
     if constexpr (simd::default_arch::supported()) {
-        if (n % xsimd::batch<float, simd::default_arch>::size == 0)
+        if (n % simd::lanes_of<float>() == 0)
             return scale_dense_groups_kernel(simd::default_arch{}, y, codes, levels, s, groups, n, out);
     }
     scale_dense_groups_scalar(y, codes, levels, s, groups, n, out);

@@ -674,8 +674,8 @@ public:
     // Division by V(nR, k - j): a multiply-high by ceil(2^64 / d) where
     // r d < 2^64 on the whole level (exact then, no correction: the
     // quotient's error r (m - 2^64 / d) / 2^64 < r / 2^64 < 1 / d), else a
-    // double reciprocal with one correction (r < 2^52), else the divide
-    // instruction.
+    // multiply-high by floor(2^64 / d) and one branch-free correction
+    // (dense_quotient).
     bool dense() const noexcept { return dense_on_; }
     // The table of all points of P(4, k) for k < leaf4_pulses() (0: none):
     // entry leaf4_start()[k] + r is the point of index r, four int8 packed
@@ -877,6 +877,31 @@ private:
         }
     }
 
+    // The guide's guess j corrected to the split: the largest j with c[j] <= r
+    // (c[0] = 0 <= r, so never below 0). One branch-free step each way, then
+    // the rare loops.
+    static std::size_t settle_split(const std::uint64_t* c, std::size_t j, std::uint64_t r) noexcept {
+        j -= static_cast<std::size_t>(c[j] > r);
+        j += static_cast<std::size_t>(c[j + 1] <= r);
+        while (c[j] > r) --j;
+        while (c[j + 1] <= r) ++j;
+        return j;
+    }
+
+    // A node of k pulses with index r (its prefix row c and split j found):
+    // writes its children, (iL, j) at out[0] and (iR, k - j) at out[1].
+    template <bool Exact>
+    static void write_children(const dense_level& dl, const std::uint64_t* c, std::size_t k, std::size_t j,
+                               std::uint64_t r, std::uint64_t* rout, std::uint8_t* kout) noexcept {
+        r -= c[j];
+        const std::size_t t = k - j;
+        const std::uint64_t q = dense_quotient<Exact>(dl, t, r);
+        rout[0] = q;
+        kout[0] = static_cast<std::uint8_t>(j);
+        rout[1] = r - q * dl.d[t];
+        kout[1] = static_cast<std::uint8_t>(t);
+    }
+
     template <bool Exact>
     void split_root(const dense_level& dl, const std::uint64_t* rin, std::size_t m, std::uint64_t* rout,
                     std::uint8_t* kout) const noexcept {
@@ -887,19 +912,10 @@ private:
         const double scale = l.guide_scale[k];
         const std::size_t last = 2 * k + 1;
         for (std::size_t i = 0; i < m; ++i) {
-            std::uint64_t r = rin[i];
-            std::size_t j = guide[std::min(static_cast<std::size_t>(static_cast<double>(r) * scale), last)];
-            j -= static_cast<std::size_t>(c[j] > r);  // C(0) = 0 <= r: never below 0
-            j += static_cast<std::size_t>(c[j + 1] <= r);
-            while (c[j] > r) --j;
-            while (c[j + 1] <= r) ++j;
-            r -= c[j];
-            const std::size_t t = k - j;
-            const std::uint64_t q = dense_quotient<Exact>(dl, t, r);
-            rout[2 * i] = q;
-            kout[2 * i] = static_cast<std::uint8_t>(j);
-            rout[2 * i + 1] = r - q * dl.d[t];
-            kout[2 * i + 1] = static_cast<std::uint8_t>(t);
+            const std::uint64_t r = rin[i];
+            const std::size_t j =
+                settle_split(c, guide[std::min(static_cast<std::size_t>(static_cast<double>(r) * scale), last)], r);
+            write_children<Exact>(dl, c, k, j, r, rout + 2 * i, kout + 2 * i);
         }
     }
 
@@ -911,26 +927,16 @@ private:
         const std::uint8_t* guide = dl.guide.data();
         for (std::size_t i = 0; i < m; ++i) {
             const std::size_t k = kin[i];
-            std::uint64_t r = rin[i];
+            const std::uint64_t r = rin[i];
             const typename dense_level::row_info ri = dl.rows[k];
             const std::uint64_t* c = prefix + ri.row;
             std::size_t j;
             if (ri.scale != 0.0) [[likely]] {
-                j = guide[ri.guide + static_cast<std::size_t>(static_cast<double>(r) * ri.scale)];
-                j -= static_cast<std::size_t>(c[j] > r);  // C(0) = 0 <= r
-                j += static_cast<std::size_t>(c[j + 1] <= r);
-                while (c[j] > r) --j;
-                while (c[j + 1] <= r) ++j;
+                j = settle_split(c, guide[ri.guide + static_cast<std::size_t>(static_cast<double>(r) * ri.scale)], r);
             } else {
                 j = find64(l, k, r);
             }
-            r -= c[j];
-            const std::size_t t = k - j;
-            const std::uint64_t q = dense_quotient<Exact>(dl, t, r);
-            rout[2 * i] = q;
-            kout[2 * i] = static_cast<std::uint8_t>(j);
-            rout[2 * i + 1] = r - q * dl.d[t];
-            kout[2 * i + 1] = static_cast<std::uint8_t>(t);
+            write_children<Exact>(dl, c, k, j, r, rout + 2 * i, kout + 2 * i);
         }
     }
 

@@ -24,6 +24,15 @@ using default_arch = xsimd::default_arch;
 // (then default_arch is xsimd::unavailable and kernels take their scalar body).
 inline constexpr bool has_simd = default_arch::supported();
 
+// Lanes of a batch of T on Arch, 0 when Arch is xsimd::unavailable. (Outside a
+// template even the discarded branch of `if constexpr` names
+// batch<T, unavailable>, which xsimd rejects; this keeps it in one.)
+template <class T, class Arch = default_arch>
+constexpr std::size_t lanes_of() noexcept {
+    if constexpr (Arch::supported()) return xsimd::batch<T, Arch>::size;
+    else return 0;
+}
+
 // Horizontal sum of a batch.
 template <class T, class Arch>
 inline T reduce_add(const xsimd::batch<T, Arch>& b) noexcept {
@@ -58,19 +67,28 @@ inline xsimd::batch<To, Arch> bitwise_cast(const xsimd::batch<From, Arch>& b) no
 #endif
 }
 
+// GCC 12's AVX-512 intrinsics (permutes, conversions, gathers, integer
+// reductions) build pass-through operands from self-initialised or undefined
+// variables, which -Wuninitialized / -Wmaybe-uninitialized report at every
+// inlined call (GCC bug 105593); the values are never read. These two macros
+// bracket code that calls such intrinsics and silence those two warnings only.
+#if defined(__GNUC__) && !defined(__clang__)
+#define SVQ_GCC_AVX512_WARNINGS_OFF                                                      \
+    _Pragma("GCC diagnostic push") _Pragma("GCC diagnostic ignored \"-Wuninitialized\"") \
+        _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")
+#define SVQ_GCC_AVX512_WARNINGS_ON _Pragma("GCC diagnostic pop")
+#else
+#define SVQ_GCC_AVX512_WARNINGS_OFF
+#define SVQ_GCC_AVX512_WARNINGS_ON
+#endif
+
 // Permute the lanes of a batch by a compile-time pattern: lane i of the result is
 // lane G::get(i, size) of b. G is a generator type with
 // `static constexpr unsigned get(unsigned index, unsigned size)`.
 // make_batch_constant took the batch type before xsimd 13, <T, A, G> in 13 and
 // <T, G, A> from 14 on.
-// GCC 12's avx512fintrin.h builds the pass-through operand of the permute
-// intrinsics with a self-initialised variable, which -Wuninitialized reports
-// at every inlined call (GCC bug 105593); the value is never read.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+// (GCC 12's permute intrinsics: see SVQ_GCC_AVX512_WARNINGS_OFF.)
+SVQ_GCC_AVX512_WARNINGS_OFF
 template <class G, class T, class Arch>
 inline xsimd::batch<T, Arch> swizzle_lanes(const xsimd::batch<T, Arch>& b) noexcept {
     using index_type = xsimd::as_unsigned_integer_t<T>;
@@ -82,24 +100,16 @@ inline xsimd::batch<T, Arch> swizzle_lanes(const xsimd::batch<T, Arch>& b) noexc
     return xsimd::swizzle(b, xsimd::make_batch_constant<xsimd::batch<index_type, Arch>, G>());
 #endif
 }
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+SVQ_GCC_AVX512_WARNINGS_ON
 
-// int32 -> float lane conversion. GCC 12's AVX-512 conversion intrinsic
-// reads an intentionally undefined register and trips -Wmaybe-uninitialized
-// when inlined (a GCC bug, not ours); the diagnostic is silenced for this call only.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+// int32 -> float lane conversion (GCC 12's conversion intrinsic: see
+// SVQ_GCC_AVX512_WARNINGS_OFF).
+SVQ_GCC_AVX512_WARNINGS_OFF
 template <class Arch>
 inline xsimd::batch<float, Arch> to_float(const xsimd::batch<std::int32_t, Arch>& b) noexcept {
     return xsimd::batch_cast<float>(b);
 }
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+SVQ_GCC_AVX512_WARNINGS_ON
 
 // Name of the architecture, for benchmark and demo output.
 inline std::string_view arch_name() noexcept {
