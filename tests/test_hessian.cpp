@@ -2,6 +2,7 @@
 // H = I, the feedback against a dense Eigen reference, and the gain over plain
 // PVQ on correlated activations.
 #include "catch.hpp"
+#include "support.hpp"
 
 #include <common/activations.hpp>
 #include <common/synthetic.hpp>
@@ -23,14 +24,7 @@ namespace {
 
 using dense = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
-svq::matrix_config explicit_config(std::size_t n, std::size_t k, unsigned gain_bits, bool rotate) {
-    svq::matrix_config c;
-    c.group_dim = n;
-    c.pulses = k;
-    c.gain_bits = gain_bits;
-    c.rotate = rotate;
-    return c;
-}
+using svq::test::explicit_config;
 
 std::vector<double> identity(std::size_t dim, double c = 1.0) {
     std::vector<double> h(dim * dim, 0.0);
@@ -164,10 +158,10 @@ TEST_CASE("quantize with H = c I gives the plain codes", "[hessian]") {
         unsigned threads;
     };
     const setting settings[] = {
-        {12, 64, explicit_config(8, 12, 4, false), 1.0, 1},
-        {12, 172, explicit_config(32, 50, 5, true), 1.0, 2},   // tail group of 12, rotated
-        {9, 100, explicit_config(16, 20, 3, true), 3.0, 1},    // H = 3 I
-        {16, 256, explicit_config(64, 100, 4, false), 0.25, 2},
+        {12, 64, explicit_config(8, 12, 4, 16, false), 1.0, 1},
+        {12, 172, explicit_config(32, 50, 5, 16, true), 1.0, 2},   // tail group of 12, rotated
+        {9, 100, explicit_config(16, 20, 3, 16, true), 3.0, 1},    // H = 3 I
+        {16, 256, explicit_config(64, 100, 4, 16, false), 0.25, 2},
     };
     for (const setting& s : settings) {
         CAPTURE(s.rows, s.cols, svq::to_string(s.config), s.c);
@@ -205,7 +199,7 @@ TEST_CASE("Hessian PVQ feedback is the exact least-squares update, block by bloc
         opt.on_block = [&](std::size_t first, std::size_t end, std::span<const double> state) {
             states.push_back({first, end, as_dense(state, rows, cols)});
         };
-        const svq::quantized_matrix q = svq::quantize(w, rows, cols, h, explicit_config(8, 10, 4, false), opt);
+        const svq::quantized_matrix q = svq::quantize(w, rows, cols, h, explicit_config(8, 10, 4, 16, false), opt);
         REQUIRE(states.size() == 5);
         CHECK(states.back().end == cols);
         check_feedback(wd, hd, states);
@@ -214,7 +208,7 @@ TEST_CASE("Hessian PVQ feedback is the exact least-squares update, block by bloc
         CHECK((states.back().state - as_dense(std::span<const float>(decoded), rows, cols)).cwiseAbs().maxCoeff() ==
               0.0);
         // And the final loss is below the plain quantizer's for the same configuration.
-        const std::vector<float> plain = svq::quantize(w, rows, cols, explicit_config(8, 10, 4, false)).dequantize();
+        const std::vector<float> plain = svq::quantize(w, rows, cols, explicit_config(8, 10, 4, 16, false)).dequantize();
         CHECK(svq::proxy_loss(w, decoded, rows, cols, h) < svq::proxy_loss(w, plain, rows, cols, h));
     }
 }
@@ -224,7 +218,7 @@ TEST_CASE("coordinate-descent refinement never raises the proxy loss of a row", 
     const std::vector<float> w = svq::examples::student_t_matrix(rows, cols, 4, 51);
     const std::vector<double> h = calibrated_hessian(400, cols, 52);
     for (const svq::matrix_config& config :
-         {explicit_config(16, 22, 3, false), explicit_config(32, 40, 2, true), explicit_config(16, 22, 3, true)}) {
+         {explicit_config(16, 22, 3, 16, false), explicit_config(32, 40, 2, 16, true), explicit_config(16, 22, 3, 16, true)}) {
         CAPTURE(svq::to_string(config));
         double before = 0.0, after = 0.0;
         std::vector<std::vector<float>> decoded;
@@ -316,7 +310,7 @@ TEST_CASE("Hessian PVQ at 3 bpw: proxy loss >= 30% below plain PVQ on correlated
 
 TEST_CASE("Hessian quantize rejects bad Hessians", "[hessian]") {
     const std::vector<float> w = svq::examples::gaussian_matrix(4, 32, 1);
-    const svq::matrix_config c = explicit_config(8, 10, 4, false);
+    const svq::matrix_config c = explicit_config(8, 10, 4, 16, false);
     CHECK_THROWS_WITH(svq::quantize(w, 4, 32, identity(31), c), Catch::Contains("961 values"));
     std::vector<double> h = identity(32);
     h[3 * 32 + 5] = std::numeric_limits<double>::infinity();

@@ -2,6 +2,7 @@
 // (kernels/gemv.hpp): bijection, table-driven coder against the plain
 // definition, dequantize bit for bit, gemv against a float GEMV.
 #include "catch.hpp"
+#include "support.hpp"
 
 #include <common/synthetic.hpp>
 
@@ -68,14 +69,32 @@ void check_against_definition(std::size_t n, std::size_t k, int count, std::uint
     REQUIRE(mismatches == 0);
 }
 
-svq::matrix_config config(std::size_t n, std::size_t k, unsigned gain_bits, unsigned scale_bits, bool rotate) {
-    svq::matrix_config c;
-    c.group_dim = n;
-    c.pulses = k;
-    c.gain_bits = gain_bits;
-    c.row_scale_bits = scale_bits;
-    c.rotate = rotate;
-    return c;
+using svq::test::explicit_config;
+
+// gemv of `vectors` vectors one at a time, batched, and batched on two
+// threads: the three bit-identical (the same operations per vector). Returns
+// the largest |y - W x| / sum_i |w_i x_i| against W x in double, W = wq.
+double checked_gemv_error(const svq::matrix_decoder& dec, const std::vector<float>& wq, const std::vector<float>& x,
+                          std::size_t rows, std::size_t cols, std::size_t vectors) {
+    std::vector<float> ys(vectors * rows), yb(vectors * rows), yt(vectors * rows);
+    for (std::size_t v = 0; v < vectors; ++v)
+        dec.gemv(std::span<const float>(x.data() + v * cols, cols), std::span<float>(ys.data() + v * rows, rows));
+    dec.gemv_batch(x, yb, vectors);
+    dec.gemv_batch(x, yt, vectors, 2);
+    REQUIRE(yb == ys);
+    REQUIRE(yt == ys);
+    double worst = 0.0;
+    for (std::size_t v = 0; v < vectors; ++v) {
+        for (std::size_t r = 0; r < rows; ++r) {
+            double e = 0.0, scale = 0.0;
+            for (std::size_t i = 0; i < cols; ++i) {
+                e += static_cast<double>(wq[r * cols + i]) * x[v * cols + i];
+                scale += std::abs(static_cast<double>(wq[r * cols + i]) * x[v * cols + i]);
+            }
+            worst = std::max(worst, std::abs(ys[v * rows + r] - e) / scale);
+        }
+    }
+    return worst;
 }
 
 }  // namespace
@@ -251,8 +270,9 @@ TEST_CASE("fixed-size Knuth division with precomputed reciprocals == generic Knu
 TEST_CASE("matrix_decoder dequantizes bit for bit like quantized_matrix") {
     const std::size_t rows = 24, cols = 300;  // 300 = 2 x 128 + a tail of 44 (or 9 x 32 + 12)
     const std::vector<float> w = svq::examples::gaussian_matrix(rows, cols, 5);
-    for (const auto& c : {config(128, 187, 3, 16, true), config(128, 449, 4, 8, false), config(32, 50, 5, 16, true),
-                          config(8, 16, 2, 8, true), config(128, 83, 1, 16, false)}) {
+    for (const auto& c : {explicit_config(128, 187, 3, 16, true), explicit_config(128, 449, 4, 8, false),
+                          explicit_config(32, 50, 5, 16, true), explicit_config(8, 16, 2, 8, true),
+                          explicit_config(128, 83, 1, 16, false)}) {
         const svq::quantized_matrix q = svq::quantize(w, rows, cols, c);
         const std::vector<float> ref = q.dequantize();
         const svq::matrix_decoder dec(q);
@@ -277,27 +297,10 @@ TEST_CASE("fused gemv == float GEMV on the dequantized matrix; batched == single
     const std::vector<float> w = svq::examples::gaussian_matrix(rows, cols, 9);
     const std::vector<float> x = svq::examples::gaussian_matrix(16, cols, 10);  // 16 vectors
     for (const bool rotate : {true, false}) {
-        const svq::quantized_matrix q = svq::quantize(w, rows, cols, config(128, 187, 3, 16, rotate));
+        const svq::quantized_matrix q = svq::quantize(w, rows, cols, explicit_config(128, 187, 3, 16, rotate));
         const std::vector<float> wq = q.dequantize();
         const svq::matrix_decoder dec(q);
-        std::vector<float> ys(16 * rows), yb(16 * rows), yt(16 * rows);
-        for (std::size_t c = 0; c < 16; ++c)
-            dec.gemv(std::span<const float>(x.data() + c * cols, cols), std::span<float>(ys.data() + c * rows, rows));
-        dec.gemv_batch(x, yb, 16);
-        dec.gemv_batch(x, yt, 16, 2);
-        REQUIRE(yb == ys);  // same operations in the same order per vector
-        REQUIRE(yt == ys);
-        double worst = 0.0;
-        for (std::size_t c = 0; c < 16; ++c) {
-            for (std::size_t r = 0; r < rows; ++r) {
-                double ref = 0.0, scale = 0.0;
-                for (std::size_t i = 0; i < cols; ++i) {
-                    ref += static_cast<double>(wq[r * cols + i]) * x[c * cols + i];
-                    scale += std::abs(static_cast<double>(wq[r * cols + i]) * x[c * cols + i]);
-                }
-                worst = std::max(worst, std::abs(ys[c * rows + r] - ref) / scale);
-            }
-        }
+        const double worst = checked_gemv_error(dec, wq, x, rows, cols, 16);
         INFO("rotate " << rotate << ": largest |y - W x| / sum |w_i x_i| = " << worst);
         REQUIRE(worst < 2e-6);
     }
@@ -306,7 +309,7 @@ TEST_CASE("fused gemv == float GEMV on the dequantized matrix; batched == single
 TEST_CASE("matrix_decoder rejects bad shapes and corrupt indices") {
     const std::size_t rows = 8, cols = 256;
     const std::vector<float> w = svq::examples::gaussian_matrix(rows, cols, 3);
-    const svq::quantized_matrix q = svq::quantize(w, rows, cols, config(128, 187, 3, 16, true));
+    const svq::quantized_matrix q = svq::quantize(w, rows, cols, explicit_config(128, 187, 3, 16, true));
     const svq::matrix_decoder dec(q);
     std::vector<float> x(cols), y(rows), small(rows - 1), out(rows * cols - 1);
     REQUIRE_THROWS_AS(dec.gemv(std::span<const float>(x.data(), cols - 1), y), svq::invalid_argument);
@@ -460,24 +463,7 @@ TEST_CASE("speed configurations: index in one word, dense decode bit for bit lik
             REQUIRE(std::memcmp(one.data(), ref.data(), ref.size() * sizeof(float)) == 0);
             REQUIRE(std::memcmp(two.data(), ref.data(), ref.size() * sizeof(float)) == 0);
             // gemv: single == batched == two threads, and close to W x in double.
-            std::vector<float> ys(8 * rows), yb(8 * rows), yt(8 * rows);
-            for (std::size_t v = 0; v < 8; ++v)
-                dec.gemv(std::span<const float>(x.data() + v * cols, cols),
-                         std::span<float>(ys.data() + v * rows, rows));
-            dec.gemv_batch(x, yb, 8);
-            dec.gemv_batch(x, yt, 8, 2);
-            REQUIRE(yb == ys);
-            REQUIRE(yt == ys);
-            double worst = 0.0;
-            for (std::size_t v = 0; v < 8; ++v)
-                for (std::size_t r = 0; r < rows; ++r) {
-                    double e = 0.0, scale = 0.0;
-                    for (std::size_t i = 0; i < cols; ++i) {
-                        e += static_cast<double>(ref[r * cols + i]) * x[v * cols + i];
-                        scale += std::abs(static_cast<double>(ref[r * cols + i]) * x[v * cols + i]);
-                    }
-                    worst = std::max(worst, std::abs(ys[v * rows + r] - e) / scale);
-                }
+            const double worst = checked_gemv_error(dec, ref, x, rows, cols, 8);
             INFO("largest |y - W x| / sum |w_i x_i| = " << worst);
             REQUIRE(worst < 2e-6);
         }
@@ -505,7 +491,7 @@ TEST_CASE("max_index_bits lowers K until the index fits, for every candidate") {
 TEST_CASE("speed configurations: a matrix without a tail, and a corrupt index is reported") {
     const std::size_t rows = 6, cols = 256;
     const std::vector<float> w = svq::examples::gaussian_matrix(rows, cols, 23);
-    const svq::quantized_matrix q = svq::quantize(w, rows, cols, config(16, 22, 3, 16, true));
+    const svq::quantized_matrix q = svq::quantize(w, rows, cols, explicit_config(16, 22, 3, 16, true));
     const svq::matrix_decoder dec(q);
     REQUIRE(dec.full_index().dense());
     const std::vector<float> ref = q.dequantize();

@@ -1,6 +1,7 @@
 // The PVQ matrix codec: packed format, bpw accounting, auto configuration,
 // error handling; the RTN baseline and the SQNR metric.
 #include "catch.hpp"
+#include "support.hpp"
 
 #include <common/synthetic.hpp>
 
@@ -17,15 +18,7 @@
 
 namespace {
 
-svq::matrix_config explicit_config(std::size_t n, std::size_t k, unsigned gain_bits, unsigned scale_bits, bool rotate) {
-    svq::matrix_config c;
-    c.group_dim = n;
-    c.pulses = k;
-    c.gain_bits = gain_bits;
-    c.row_scale_bits = scale_bits;
-    c.rotate = rotate;
-    return c;
-}
+using svq::test::explicit_config;
 
 }  // namespace
 

@@ -49,6 +49,8 @@
 #include <cstdint>
 #include <cstdlib>
 #include <span>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace svq {
@@ -106,6 +108,21 @@ inline bool fixed_less(const std::uint64_t* a, const std::uint64_t* b) noexcept 
     unsigned char borrow = 0;
     for (std::size_t i = 0; i < W; ++i) static_cast<void>(sub_borrow(a[i], b[i], borrow, borrow));
     return borrow != 0;
+}
+
+// Calls f(std::integral_constant<std::size_t, D>{}) for the D in [Lo, Hi]
+// equal to n (run-time size -> code with the size fixed); false when none is.
+template <std::size_t Lo, std::size_t Hi, class F>
+inline bool with_fixed_size(std::size_t n, F&& f) noexcept {
+    if constexpr (Lo > Hi) {
+        return false;
+    } else {
+        if (n == Lo) {
+            f(std::integral_constant<std::size_t, Lo>{});
+            return true;
+        }
+        return with_fixed_size<Lo + 1, Hi>(n, std::forward<F>(f));
+    }
 }
 
 // Knuth's algorithm D with the sizes fixed at compile time and the divisor
@@ -1137,24 +1154,10 @@ private:
     // indices q (left) and rr (right), w words each.
     void split_wide(const level& l, std::size_t k, const std::uint64_t* r, std::size_t& j, std::uint64_t* q,
                     std::uint64_t* rr) const noexcept {
-        switch (l.row_limbs[k]) {  // rows of up to 512 bits: code with the sizes fixed
-            case 2:
-                return split_wide_fixed<2>(l, k, r, j, q, rr);
-            case 3:
-                return split_wide_fixed<3>(l, k, r, j, q, rr);
-            case 4:
-                return split_wide_fixed<4>(l, k, r, j, q, rr);
-            case 5:
-                return split_wide_fixed<5>(l, k, r, j, q, rr);
-            case 6:
-                return split_wide_fixed<6>(l, k, r, j, q, rr);
-            case 7:
-                return split_wide_fixed<7>(l, k, r, j, q, rr);
-            case 8:
-                return split_wide_fixed<8>(l, k, r, j, q, rr);
-            default:
-                break;
-        }
+        // Rows of up to 512 bits: code with the sizes fixed.
+        if (detail::with_fixed_size<2, 8>(l.row_limbs[k],
+                                          [&](auto w) { split_wide_fixed<decltype(w)::value>(l, k, r, j, q, rr); }))
+            return;
         const std::size_t w = l.row_limbs[k];
         const std::uint64_t* c = l.row(k);
         j = guess_wide(l, k, r, w);
@@ -1203,47 +1206,9 @@ private:
         const std::uint64_t* vn = b.norm.data() + t * b.limbs;
         const int sh = b.norm_shift[t];
         const std::uint64_t v = b.norm_recip[t];
-        switch (b.count_words[t]) {
-            case 1:
-                return detail::divmod_fixed<W, 1>(rem, vn, sh, v, q, rr);
-            case 2:
-                if constexpr (W >= 2)
-                    return detail::divmod_fixed<W, 2>(rem, vn, sh, v, q, rr);
-                else
-                    break;
-            case 3:
-                if constexpr (W >= 3)
-                    return detail::divmod_fixed<W, 3>(rem, vn, sh, v, q, rr);
-                else
-                    break;
-            case 4:
-                if constexpr (W >= 4)
-                    return detail::divmod_fixed<W, 4>(rem, vn, sh, v, q, rr);
-                else
-                    break;
-            case 5:
-                if constexpr (W >= 5)
-                    return detail::divmod_fixed<W, 5>(rem, vn, sh, v, q, rr);
-                else
-                    break;
-            case 6:
-                if constexpr (W >= 6)
-                    return detail::divmod_fixed<W, 6>(rem, vn, sh, v, q, rr);
-                else
-                    break;
-            case 7:
-                if constexpr (W >= 7)
-                    return detail::divmod_fixed<W, 7>(rem, vn, sh, v, q, rr);
-                else
-                    break;
-            case 8:
-                if constexpr (W >= 8)
-                    return detail::divmod_fixed<W, 8>(rem, vn, sh, v, q, rr);
-                else
-                    break;
-            default:
-                break;
-        }
+        if (detail::with_fixed_size<1, W>(
+                b.count_words[t], [&](auto d) { detail::divmod_fixed<W, decltype(d)::value>(rem, vn, sh, v, q, rr); }))
+            return;
         detail::limbs_divmod(rem, W, b.count(t), std::min(b.limbs, W), q, W, rr);  // not reached: words <= W
     }
 
