@@ -325,6 +325,17 @@ TEST_CASE("matrix_decoder rejects bad shapes and corrupt indices") {
     REQUIRE_THROWS_AS(bad_dec.dequantize(all), svq::corrupt_data);
     REQUIRE_THROWS_AS(bad_dec.gemv(x, y), svq::corrupt_data);
     REQUIRE_THROWS_AS(bad.dequantize(), svq::corrupt_data);
+    // On two threads the error reaches the caller from either slice: row 0 (this
+    // thread) and the last row (the second thread, rows 4..7).
+    std::vector<std::uint64_t> last(q.words().begin(), q.words().end());
+    const std::size_t start = q.layout().row_bit_offset(rows - 1) + 16;
+    for (std::size_t b = start; b < start + q.layout().index_bits; ++b) last[b / 64] |= std::uint64_t{1} << (b % 64);
+    const svq::quantized_matrix bad_last(rows, cols, q.config(), q.reference_scale(), last);
+    const svq::matrix_decoder last_dec(bad_last);
+    REQUIRE_THROWS_AS(bad_dec.dequantize(all, 2), svq::corrupt_data);
+    REQUIRE_THROWS_AS(last_dec.dequantize(all, 2), svq::corrupt_data);
+    REQUIRE_THROWS_AS(last_dec.gemv(x, y, 2), svq::corrupt_data);
+    REQUIRE_THROWS_AS(last_dec.dequantize(all), svq::corrupt_data);
 }
 
 // ---- Speed configurations: the dense one-word path (docs/performance.md, "Speed configurations").

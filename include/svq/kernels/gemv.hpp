@@ -35,9 +35,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <exception>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <span>
 #include <thread>
@@ -195,26 +193,18 @@ public:
         if (out.size() != rows() * cols())
             throw invalid_argument(fmt::format("matrix_decoder::dequantize: output has {} entries, the matrix {} x {}",
                                                out.size(), rows(), cols()));
-        std::exception_ptr error;
-        std::mutex error_mutex;
         detail::parallel_slices(rows(), threads, [&](std::size_t first, std::size_t end) {
-            try {
-                row_scratch sc = make_scratch();
-                std::vector<float> scratch(rotation_ ? rotation_->scratch_size() : 0);
-                for (std::size_t r = first; r < end; ++r) {
-                    float* row = out.data() + r * cols();
-                    if (full_.dense())
-                        decode_row_dense(r, row, sc);
-                    else
-                        decode_row_impl(r, row, sc, [](std::size_t, const int*, std::size_t, float) {});
-                    if (rotation_) rotation_->inverse(std::span<float>(row, cols()), scratch);
-                }
-            } catch (...) {
-                const std::lock_guard<std::mutex> lock(error_mutex);
-                if (!error) error = std::current_exception();
+            row_scratch sc = make_scratch();
+            std::vector<float> scratch(rotation_ ? rotation_->scratch_size() : 0);
+            for (std::size_t r = first; r < end; ++r) {
+                float* row = out.data() + r * cols();
+                if (full_.dense())
+                    decode_row_dense(r, row, sc);
+                else
+                    decode_row_impl(r, row, sc, [](std::size_t, const int*, std::size_t, float) {});
+                if (rotation_) rotation_->inverse(std::span<float>(row, cols()), scratch);
             }
         });
-        if (error) std::rethrow_exception(error);
     }
 
     // y = Wq x. x: cols floats, y: rows floats.
@@ -238,33 +228,25 @@ public:
             for (std::size_t c = 0; c < batch; ++c)
                 rotation_->forward(std::span<float>(xr.data() + c * cols(), cols()), scratch);
         }
-        std::exception_ptr error;
-        std::mutex error_mutex;
         detail::parallel_slices(rows(), threads, [&](std::size_t first, std::size_t end) {
-            try {
-                row_scratch sc = make_scratch();
-                std::vector<float> acc(batch);
-                for (std::size_t r = first; r < end; ++r) {
-                    if (full_.dense()) {  // decode the row once, then one float dot per vector
-                        decode_row_dense(r, sc.row.data(), sc);
-                        for (std::size_t c = 0; c < batch; ++c)
-                            y[c * rows() + r] = detail::float_dot(sc.row.data(), xr.data() + c * cols(), cols());
-                        continue;
-                    }
-                    std::fill(acc.begin(), acc.end(), 0.0f);
-                    decode_row_impl(
-                        r, nullptr, sc, [&](std::size_t first_col, const int* p, std::size_t dim, float factor) {
-                            for (std::size_t c = 0; c < batch; ++c)
-                                acc[c] += factor * detail::pulse_dot(p, xr.data() + c * cols() + first_col, dim);
-                        });
-                    for (std::size_t c = 0; c < batch; ++c) y[c * rows() + r] = acc[c];
+            row_scratch sc = make_scratch();
+            std::vector<float> acc(batch);
+            for (std::size_t r = first; r < end; ++r) {
+                if (full_.dense()) {  // decode the row once, then one float dot per vector
+                    decode_row_dense(r, sc.row.data(), sc);
+                    for (std::size_t c = 0; c < batch; ++c)
+                        y[c * rows() + r] = detail::float_dot(sc.row.data(), xr.data() + c * cols(), cols());
+                    continue;
                 }
-            } catch (...) {
-                const std::lock_guard<std::mutex> lock(error_mutex);
-                if (!error) error = std::current_exception();
+                std::fill(acc.begin(), acc.end(), 0.0f);
+                decode_row_impl(
+                    r, nullptr, sc, [&](std::size_t first_col, const int* p, std::size_t dim, float factor) {
+                        for (std::size_t c = 0; c < batch; ++c)
+                            acc[c] += factor * detail::pulse_dot(p, xr.data() + c * cols() + first_col, dim);
+                    });
+                for (std::size_t c = 0; c < batch; ++c) y[c * rows() + r] = acc[c];
             }
         });
-        if (error) std::rethrow_exception(error);
     }
 
 private:
