@@ -3,12 +3,11 @@
 // choose_config before the timing), one thread unless the name says threads.
 // Arguments: (bpw, speed): speed 0 = the auto-chosen configuration (N = 128,
 // multi-word index), 1 = the speed configuration (speed_config_options: N = 16
-// or 32, index in one word, matrix_decoder's dense path, groups side by side
-// in SIMD lanes), 2 = the same speed configuration decoded by the scalar dense
-// walk (matrix_decoder_options simd_lanes = false: before/after the lanes in
-// one run); gemv_batch has a third argument, the number of vectors. Counters:
-// dense (1 when the dense path decodes), lanes (groups per vector on the dense
-// path, 0: scalar), table_bytes (the full group's unrank tables).
+// or 32, index in one word, matrix_decoder's dense path; rotated, as chosen),
+// 2 = the same configuration without the rotation (dequantize skips the
+// inverse Walsh-Hadamard transform: what it costs); gemv_batch has a third
+// argument, the number of vectors. Counters: dense (1 when the dense path
+// decodes), table_bytes (the full group's unrank tables).
 // In the same run: the reference quantized_matrix::dequantize, a float GEMV
 // (Eigen) on the dequantized matrix, dequantize-then-GEMV, and a memcpy of the
 // packed bytes. items_per_second = weights per second (gemv_batch: weights x
@@ -77,21 +76,15 @@ void float_gemv(const std::vector<float>& w, const float* x, float* y) {
 
 // bpw: 2, 3 or 4; speed: 0 for the auto-chosen configuration (N = 128), 1 for
 // the speed configuration (svq::speed_config_options: index in one word, the
-// dense decode path, SIMD lanes where enabled), 2 for the same matrix decoded
-// by the scalar dense walk.
+// dense decode path), 2 for the speed configuration without the rotation.
 prepared& get(int bpw, int speed) {
     static std::map<std::pair<int, int>, prepared> cache;
     const std::pair<int, int> key{bpw, speed};
     auto it = cache.find(key);
-    if (it == cache.end() && speed == 2) {  // the speed configuration's matrix, scalar dense walk
-        const prepared& s = get(bpw, 1);
-        prepared p{s.q, nullptr, s.wq, s.memcpy_s, s.float_gemv_s};
-        it = cache.emplace(key, std::move(p)).first;
-        it->second.dec = std::make_unique<svq::matrix_decoder>(it->second.q, svq::matrix_decoder_options{false});
-    }
     if (it == cache.end()) {
         const svq::auto_config_options opt = speed != 0 ? svq::speed_config_options() : svq::auto_config_options{};
-        const svq::matrix_config c = svq::choose_config(matrix(), side, side, static_cast<double>(bpw), opt).config;
+        svq::matrix_config c = svq::choose_config(matrix(), side, side, static_cast<double>(bpw), opt).config;
+        if (speed == 2) c.rotate = false;
         prepared p{svq::quantize(matrix(), side, side, c), nullptr, {}, 0.0, 0.0};
         p.wq = p.q.dequantize();
         it = cache.emplace(key, std::move(p)).first;
@@ -116,7 +109,6 @@ void finish(benchmark::State& state, const prepared& p, double items_per_iter) {
     state.SetItemsProcessed(static_cast<std::int64_t>(static_cast<double>(state.iterations()) * items_per_iter));
     state.counters["bpw"] = p.q.bits_per_weight();
     state.counters["dense"] = p.dec->full_index().dense() ? 1.0 : 0.0;
-    state.counters["lanes"] = static_cast<double>(p.dec->simd_lanes());
     state.counters["table_bytes"] = static_cast<double>(p.dec->full_index().table_bytes());
     state.SetLabel(svq::to_string(p.q.config()));
 }

@@ -6,7 +6,6 @@
 
 #include <common/synthetic.hpp>
 
-#include <svq/kernels/dense_lanes.hpp>
 #include <svq/kernels/gemv.hpp>
 #include <svq/kernels/split_index.hpp>
 #include <svq/matrix/auto_config.hpp>
@@ -374,72 +373,105 @@ TEST_CASE("dense unrank == the plain definition on random indices (one-word conf
     }
 }
 
-TEST_CASE("dense walk in SIMD lanes == the scalar dense walk (edges, tails, fallbacks)") {
-    struct nk {
-        std::size_t n, k;
-    };
-    // As above, plus (64, 6) (three levels below the root) and (8, 16) (nodes
-    // of 4 past the P(4, k) table's k <= 15 now and then: lanes redone by the
-    // scalar code). Lanes are used where 4 K <= 8 N (dense_lanes.hpp). The indices:
-    // 0, V - 1, every boundary C_K(j) of the root row and its neighbours
-    // (a child index of 0 or of its maximum on each side), then random ones;
-    // decoded in batches of every size from 1 to 3 lanes + 1 (tails that
-    // are not a multiple of the lane count) and once all together.
-    for (const nk c : {nk{16, 10}, nk{16, 22}, nk{16, 46}, nk{32, 21}, nk{8, 5}, nk{8, 11}, nk{8, 30}, nk{16, 1},
-                       nk{32, 2}, nk{64, 6}, nk{8, 16}}) {
-        const svq::pvq_split_index ix(c.n, c.k);
-        INFO("N = " << c.n << " K = " << c.k);
-        REQUIRE(ix.dense());
-        const svq::dense_lane_decoder lanes(ix);
-        const bool expect_lanes = svq::detail::lane_walk_arch<svq::simd::default_arch> && 4 * c.k <= 8 * c.n;
-        REQUIRE(lanes.enabled() == expect_lanes);
-        if (!expect_lanes) continue;
-        const std::uint64_t v = ix.size_limbs()[0];
-        std::vector<std::uint64_t> index{0, v - 1};
-        const auto& root = ix.levels()[static_cast<std::size_t>(ix.root())];
-        const std::uint64_t* row = root.row(c.k);
-        for (std::size_t j = 0; j <= c.k + 1; ++j)
-            for (const std::uint64_t e : {row[j] - 1, row[j], row[j] + 1})
-                if (e < v) index.push_back(e);  // row[0] - 1 wraps above V: skipped
-        std::mt19937_64 rng(c.n * 7919 + c.k);
-        while (index.size() < 4000) index.push_back(random_index(ix, rng)[0]);
-        const std::size_t total = index.size();
-        std::vector<std::int8_t> expect(total * c.n), got(total * c.n, 99);
-        svq::pvq_split_index::dense_workspace ws;
-        ix.unrank_dense(index.data(), total, expect.data(), ws);
-        svq::dense_lane_decoder::workspace lws;
-        lanes.unrank(ix, index.data(), total, got.data(), lws);
-        REQUIRE(got == expect);
-        const std::size_t w = lanes.lanes();
-        std::size_t done = 0, batch = 1;
-        int mismatches = 0;
-        while (done < total) {
-            const std::size_t cnt = std::min(batch, total - done);
-            std::vector<std::int8_t> part(cnt * c.n, 99);
-            lanes.unrank(ix, index.data() + done, cnt, part.data(), lws);
-            for (std::size_t i = 0; i < cnt * c.n; ++i) mismatches += part[i] != expect[done * c.n + i];
-            done += cnt;
-            batch = batch % (3 * w + 1) + 1;
+// The composition offsets of a four-way node of 16 with k pulses, computed
+// here from the counts alone: the first index of every composition
+// (k1, k2, k3, k4) in lexicographic order, then V(16, k).
+static std::vector<std::uint64_t> composition_offsets(std::size_t k) {
+    std::vector<std::uint64_t> out;
+    std::uint64_t offset = 0;
+    for (std::size_t a = 0; a <= k; ++a)
+        for (std::size_t b = 0; a + b <= k; ++b)
+            for (std::size_t c = 0; a + b + c <= k; ++c) {
+                out.push_back(offset);
+                offset += svq::pvq_count<std::uint64_t>(4, a) * svq::pvq_count<std::uint64_t>(4, b) *
+                          svq::pvq_count<std::uint64_t>(4, c) * svq::pvq_count<std::uint64_t>(4, k - a - b - c);
+            }
+    out.push_back(offset);
+    return out;
+}
+
+TEST_CASE("four-way nodes of 16: composition order, exhaustive for small K") {
+    // N = 16, K = 2: compositions (0,0,0,2) (0,0,1,1) (0,0,2,0) (0,1,0,1) ...;
+    // the first is the 32 points of P(4, 2) in the last quarter, in the order of P(4, 2).
+    REQUIRE(svq::detail::quad_nodes(2));
+    const svq::pvq_split_lattice<std::uint64_t> p16(16, 2), p4(4, 2);
+    std::vector<int> y(16), q(4);
+    for (std::uint64_t i = 0; i < 32; ++i) {
+        p16.unrank(i, y);
+        p4.unrank(i, q);
+        REQUIRE(std::equal(q.begin(), q.end(), y.begin() + 12));
+        REQUIRE(std::all_of(y.begin(), y.begin() + 12, [](int v) { return v == 0; }));
+    }
+    // (0,0,1,1): index 32 + i3 * 8 + i4 with P(4, 1) = (1,0,0,0) (-1,0,0,0) ... in the 4-node order.
+    p16.unrank(32 + 8 * 1 + 2, y);
+    std::vector<int> a(4), b(4);
+    svq::pvq_split_lattice<std::uint64_t>(4, 1).unrank(1, a);
+    svq::pvq_split_lattice<std::uint64_t>(4, 1).unrank(2, b);
+    REQUIRE(std::equal(a.begin(), a.end(), y.begin() + 8));
+    REQUIRE(std::equal(b.begin(), b.end(), y.begin() + 12));
+    // Bijection: every index of N = 16 (K <= 3) and N = 32 (K <= 2), table-driven == definition.
+    for (const auto& [n, kmax] : std::vector<std::pair<std::size_t, std::size_t>>{{16, 3}, {32, 2}, {31, 2}}) {
+        for (std::size_t k = 1; k <= kmax; ++k) {
+            const svq::pvq_split_lattice<std::uint64_t> plain(n, k);
+            const svq::pvq_split_index fast(n, k);
+            std::set<std::vector<int>> seen;
+            std::vector<int> u(n), v(n);
+            for (std::uint64_t i = 0; i < plain.size(); ++i) {
+                plain.unrank(i, u);
+                REQUIRE(valid_point(u, k));
+                REQUIRE(plain.rank(u) == i);
+                std::array<std::uint64_t, svq::detail::max_split_limbs> in{}, back{};
+                in[0] = i;
+                fast.unrank(in.data(), v.data());
+                REQUIRE(v == u);
+                fast.rank(u.data(), back.data());
+                REQUIRE(back[0] == i);
+                seen.insert(u);
+            }
+            REQUIRE(seen.size() == plain.size());
         }
-        REQUIRE(mismatches == 0);
     }
 }
 
-TEST_CASE("matrix_decoder: SIMD lanes and the scalar dense walk give the same floats") {
-    const std::size_t rows = 12, cols = 300;  // 18 full groups of 16 (9 of 32) per row: not a multiple of 8
-    const std::vector<float> w = svq::examples::gaussian_matrix(rows, cols, 21);
-    for (const double bpw : {2.0, 3.0, 4.0}) {
-        const svq::matrix_config c = svq::choose_config(w, rows, cols, bpw, svq::speed_config_options()).config;
-        const svq::quantized_matrix q = svq::quantize(w, rows, cols, c);
-        const svq::matrix_decoder simd(q), scalar(q, svq::matrix_decoder_options{false});
-        INFO(svq::to_string(c));
-        REQUIRE(scalar.simd_lanes() == 0);
-        const bool lanes = svq::detail::lane_walk_arch<svq::simd::default_arch> && 4 * c.pulses <= 8 * c.group_dim;
-        REQUIRE(simd.simd_lanes() == (lanes ? xsimd::batch<std::int64_t, svq::simd::default_arch>::size : 0));
-        std::vector<float> a(rows * cols, -1.0f), b(rows * cols, -2.0f);
-        simd.dequantize(a);
-        scalar.dequantize(b);
-        REQUIRE(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
+TEST_CASE("dense walk == the plain definition at every composition and root boundary") {
+    struct nk {
+        std::size_t n, k;
+    };
+    // Roots of 16 (four-way: every composition offset of K and its
+    // neighbours), of 32 and 64 (binary roots over four-way nodes: every
+    // boundary of the root row), of 8 (no four-way node); (8, 16) and
+    // (16, 46) meet quarters past the P(4, k) table; then random indices.
+    for (const nk c : {nk{16, 10}, nk{16, 22}, nk{16, 46}, nk{32, 21}, nk{8, 5}, nk{8, 11}, nk{8, 30}, nk{16, 1},
+                       nk{32, 2}, nk{64, 6}, nk{8, 16}}) {
+        const svq::pvq_split_index ix(c.n, c.k);
+        const svq::pvq_split_lattice<std::uint64_t> plain(c.n, c.k);
+        INFO("N = " << c.n << " K = " << c.k);
+        REQUIRE(ix.dense());
+        const std::uint64_t v = ix.size_limbs()[0];
+        std::vector<std::uint64_t> bounds;
+        if (c.n == 16) {
+            bounds = composition_offsets(c.k);
+        } else {
+            const auto& root = ix.levels()[static_cast<std::size_t>(ix.root())];
+            bounds.assign(root.row(c.k), root.row(c.k) + c.k + 2);
+        }
+        std::vector<std::uint64_t> index{0, v - 1};
+        for (const std::uint64_t b : bounds)
+            for (const std::uint64_t e : {b - 1, b, b + 1})
+                if (e < v) index.push_back(e);  // 0 - 1 wraps above V: skipped
+        std::mt19937_64 rng(c.n * 7919 + c.k);
+        while (index.size() < bounds.size() * 3 + 4000) index.push_back(random_index(ix, rng)[0]);
+        const std::size_t total = index.size();
+        std::vector<std::int8_t> got(total * c.n, 99);
+        svq::pvq_split_index::dense_workspace ws;
+        ix.unrank_dense(index.data(), total, got.data(), ws);
+        std::vector<int> expect(c.n);
+        int mismatches = 0;
+        for (std::size_t g = 0; g < total; ++g) {
+            plain.unrank(index[g], expect);
+            for (std::size_t i = 0; i < c.n; ++i) mismatches += got[g * c.n + i] != expect[i];
+        }
+        REQUIRE(mismatches == 0);
     }
 }
 

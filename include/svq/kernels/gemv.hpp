@@ -22,7 +22,6 @@
 #include <svq/core/bitstream.hpp>
 #include <svq/core/parallel.hpp>
 #include <svq/error.hpp>
-#include <svq/kernels/dense_lanes.hpp>
 #include <svq/kernels/split_index.hpp>
 #include <svq/matrix/quantized_matrix.hpp>
 #include <svq/pvq/codec.hpp>
@@ -40,6 +39,10 @@
 #include <span>
 #include <thread>
 #include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 namespace svq {
 
@@ -71,51 +74,102 @@ inline float pulse_dot(const int* y, const float* x, std::size_t n) noexcept {
     }
 }
 
-// Dense path: groups of n pulses -> floats, group j scaled by
-// float(s * levels[codes[j]] / ||y_j||) (detail::group_factor's formula) and
-// each pulse by float(y_i) * factor as scale_pulses does: the same floats as
-// the reference decoder. y: groups * n ints, out: groups * n floats.
-inline void scale_dense_groups_scalar(const int* y, const std::uint32_t* codes, const double* levels, double s,
-                                      std::size_t groups, std::size_t n, float* out) noexcept {
-    for (std::size_t j = 0; j < groups; ++j) {
-        const float factor = group_factor(s, levels[codes[j]], y + j * n, n);
-        scale_pulses_scalar(y + j * n, factor, out + j * n, n);
+// Dense path: int8 pulses -> floats, the reference decoder's (group j's
+// factor float(row_levels[codes[j]] / sqrt(E_j)) with row_levels[c] =
+// s * levels[c], the product detail::group_factor forms first, then
+// float(y_i) * factor). y8: groups * n int8, out: groups * n floats.
+inline void scale_dense_groups8_scalar(const std::int8_t* y8, const std::uint32_t* codes, const double* row_levels,
+                                       std::size_t groups, std::size_t n, float* out) noexcept {
+    for (std::size_t j = 0; j < groups; ++j, y8 += n, out += n) {
+        std::int32_t e = 0;
+        for (std::size_t i = 0; i < n; ++i) e += y8[i] * y8[i];
+        const auto factor = static_cast<float>(row_levels[codes[j]] / std::sqrt(static_cast<double>(e)));
+        for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<float>(y8[i]) * factor;
     }
 }
 
-// The same with n a multiple of the lanes: one vector energy and one vector
-// scale per batch of lanes (N = 16 on AVX-512: one of each per group).
-// GCC 12's avx512fintrin.h trips -Wmaybe-uninitialized inside the integer
-// reduction (GCC bug 105593, as in simd/compat.hpp); the value is never read.
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+// AVX-512 BW for n = 16 and 32 (xsimd 8.1 has no int8 widening, hence
+// intrinsics): energies of 64 bytes at once (|y| squared and summed by pairs
+// in int16: a pair holds at most K^2 <= 127^2; then by fours in int32, then
+// within each group), eight factors per IEEE divide and square root (the
+// same doubles as the scalar formula), int8 -> int32 -> float per 16 pulses.
 SVQ_GCC_AVX512_WARNINGS_OFF
-template <class Arch>
-void scale_dense_groups_kernel(Arch, const int* y, const std::uint32_t* codes, const double* levels, double s,
-                               std::size_t groups, std::size_t n, float* out) noexcept {
-    using ib = xsimd::batch<std::int32_t, Arch>;
-    using fb = xsimd::batch<float, Arch>;
-    constexpr std::size_t lanes = fb::size;
-    for (std::size_t j = 0; j < groups; ++j, y += n, out += n) {
-        ib acc(0);
-        for (std::size_t i = 0; i < n; i += lanes) {
-            const ib v = ib::load_unaligned(y + i);
-            acc += v * v;  // <= K^2 < 2^31
+template <std::size_t N>
+inline void scale_dense_groups8_avx512(const std::int8_t* y8, const std::uint32_t* codes, const double* row_levels,
+                                       std::size_t groups, float* out) noexcept {
+    static_assert(N == 16 || N == 32);
+    constexpr std::size_t per_vector = 64 / N;  // groups per 64 bytes
+    const __m512i ones = _mm512_set1_epi16(1);
+    const auto fours = [&](const std::int8_t* p) {  // 16 int32: sums of squares of 4 consecutive pulses
+        const __m512i a = _mm512_abs_epi8(_mm512_loadu_si512(p));
+        return _mm512_madd_epi16(_mm512_maddubs_epi16(a, a), ones);
+    };
+    std::size_t j = 0;
+    alignas(32) float factor[8];
+    for (; j + 8 <= groups; j += 8) {
+        alignas(64) std::int32_t e[16 * (8 / per_vector)];
+        for (std::size_t v = 0; v < 8 / per_vector; ++v) {
+            __m512i s4 = fours(y8 + (j + v * per_vector) * N);
+            s4 = _mm512_add_epi32(s4, _mm512_shuffle_epi32(s4, _MM_PERM_BADC));
+            s4 = _mm512_add_epi32(s4, _mm512_shuffle_epi32(s4, _MM_PERM_CDAB));  // every lane: its 16 pulses' sum
+            if constexpr (N == 32) s4 = _mm512_add_epi32(s4, _mm512_shuffle_i32x4(s4, s4, _MM_PERM_CDAB));
+            _mm512_store_si512(e + 16 * v, s4);
         }
-        const std::int32_t e = simd::reduce_add(acc);
-        const fb factor(static_cast<float>(s * levels[codes[j]] / std::sqrt(static_cast<double>(e))));
-        for (std::size_t i = 0; i < n; i += lanes)
-            (simd::to_float(ib::load_unaligned(y + i)) * factor).store_unaligned(out + i);
+        // Group g's energy sits at lane g * N / 4 of the stored words.
+        const __m256i idx = _mm256_set_epi32(7 * N / 4, 6 * N / 4, 5 * N / 4, 4 * N / 4, 3 * N / 4, 2 * N / 4, N / 4, 0);
+        const __m512d energy = _mm512_cvtepi32_pd(_mm256_i32gather_epi32(e, idx, 4));
+        const __m512d lv = _mm512_i32gather_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + j)),
+                                               row_levels, 8);
+        _mm256_store_ps(factor, _mm512_cvtpd_ps(_mm512_div_pd(lv, _mm512_sqrt_pd(energy))));
+        for (std::size_t g = 0; g < 8; ++g) {
+            const __m512 f = _mm512_set1_ps(factor[g]);
+            const std::int8_t* y = y8 + (j + g) * N;
+            float* o = out + (j + g) * N;
+            for (std::size_t h = 0; h < N; h += 16) {
+                const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(y + h));
+                _mm512_storeu_ps(o + h, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)), f));
+            }
+        }
     }
+    scale_dense_groups8_scalar(y8 + j * N, codes + j, row_levels, groups - j, N, out + j * N);
+}
+SVQ_GCC_AVX512_WARNINGS_ON
+#endif
+
+inline void scale_dense_groups8(const std::int8_t* y8, const std::uint32_t* codes, const double* row_levels,
+                                std::size_t groups, std::size_t n, float* out) noexcept {
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+    if (n == 16) return scale_dense_groups8_avx512<16>(y8, codes, row_levels, groups, out);
+    if (n == 32) return scale_dense_groups8_avx512<32>(y8, codes, row_levels, groups, out);
+#endif
+    scale_dense_groups8_scalar(y8, codes, row_levels, groups, n, out);
 }
 
-SVQ_GCC_AVX512_WARNINGS_ON
+// Outputs of at least this many bytes (more than a core's L2 cache) are
+// written with streaming stores, which do not read the destination lines first.
+inline constexpr std::size_t stream_bytes = std::size_t{8} << 20;
 
-inline void scale_dense_groups(const int* y, const std::uint32_t* codes, const double* levels, double s,
-                               std::size_t groups, std::size_t n, float* out) noexcept {
-    if constexpr (simd::default_arch::supported()) {
-        if (n % simd::lanes_of<float>() == 0)
-            return scale_dense_groups_kernel(simd::default_arch{}, y, codes, levels, s, groups, n, out);
+// dst[0, n) = src[0, n): streaming stores where the target has them (AVX-512:
+// 64-byte aligned full lines, the edges by plain stores), else a plain copy.
+// Call stream_fence() before other threads read dst.
+inline void stream_copy(const float* src, float* dst, std::size_t n) noexcept {
+#if defined(__AVX512F__)
+    std::size_t i = 0;
+    while (i < n && reinterpret_cast<std::uintptr_t>(dst + i) % 64 != 0) {
+        dst[i] = src[i];
+        ++i;
     }
-    scale_dense_groups_scalar(y, codes, levels, s, groups, n, out);
+    for (; i + 16 <= n; i += 16) _mm512_stream_ps(dst + i, _mm512_loadu_ps(src + i));
+    for (; i < n; ++i) dst[i] = src[i];
+#else
+    std::copy_n(src, n, dst);
+#endif
+}
+inline void stream_fence() noexcept {
+#if defined(__AVX512F__)
+    _mm_sfence();
+#endif
 }
 
 // sum_i a_i * b_i over n floats (lane-wise fused multiply-adds, then a fixed-order reduction).
@@ -147,24 +201,16 @@ inline float float_dot(const float* a, const float* b, std::size_t n) noexcept {
 
 }  // namespace detail
 
-struct matrix_decoder_options {
-    // Dense path: decode groups side by side in SIMD lanes (dense_lane_decoder)
-    // where the build and the configuration allow it; false keeps the scalar
-    // dense walk (same output; for comparisons).
-    bool simd_lanes = true;
-};
-
 class matrix_decoder {
 public:
     // Builds the unrank tables of the full and the tail group, the gain levels
     // and the rotation of q. q must outlive the decoder.
-    explicit matrix_decoder(const quantized_matrix& q, matrix_decoder_options options = {})
+    explicit matrix_decoder(const quantized_matrix& q)
         : q_(&q),
           l_(q.layout()),
           scales_{q.layout().row_scale_bits, q.reference_scale()},
           full_(l_.group_dim, l_.pulses),
           gain_levels_(levels_of(l_.group_dim)) {
-        if (options.simd_lanes && full_.dense()) lanes_ = dense_lane_decoder(full_);
         if (l_.tail_dim != 0) {
             tail_.emplace(l_.tail_dim, l_.tail_pulses);
             tail_levels_ = levels_of(l_.tail_dim);
@@ -175,8 +221,6 @@ public:
     std::size_t rows() const noexcept { return l_.rows; }
     std::size_t cols() const noexcept { return l_.cols; }
     const pvq_split_index& full_index() const noexcept { return full_; }
-    // Groups the dense path decodes side by side (0: the scalar walk).
-    std::size_t simd_lanes() const noexcept { return lanes_.lanes(); }
 
     // Row r before the inverse rotation (cols floats). Throws svq::corrupt_data
     // for an index >= V(N, K) or a bad row scale code.
@@ -193,17 +237,25 @@ public:
         if (out.size() != rows() * cols())
             throw invalid_argument(fmt::format("matrix_decoder::dequantize: output has {} entries, the matrix {} x {}",
                                                out.size(), rows(), cols()));
+        // Large outputs are written with streaming stores from a row buffer
+        // that stays in the L1 cache (decode, inverse rotation, then one
+        // pass to memory that reads nothing back).
+        const bool stream = rows() * cols() * sizeof(float) >= detail::stream_bytes;
         detail::parallel_slices(rows(), threads, [&](std::size_t first, std::size_t end) {
             row_scratch sc = make_scratch();
             std::vector<float> scratch(rotation_ ? rotation_->scratch_size() : 0);
+            if (stream) sc.row.resize(cols());
             for (std::size_t r = first; r < end; ++r) {
-                float* row = out.data() + r * cols();
+                float* dst = out.data() + r * cols();
+                float* row = stream ? sc.row.data() : dst;
                 if (full_.dense())
                     decode_row_dense(r, row, sc);
                 else
                     decode_row_impl(r, row, sc, [](std::size_t, const int*, std::size_t, float) {});
                 if (rotation_) rotation_->inverse(std::span<float>(row, cols()), scratch);
+                if (stream) detail::stream_copy(row, dst, cols());
             }
+            if (stream) detail::stream_fence();
         });
     }
 
@@ -262,8 +314,8 @@ private:
         std::vector<std::uint32_t> codes;  // the row's gain codes
         pvq_split_index::unrank_workspace ws;
         pvq_split_index::dense_workspace dense;
-        dense_lane_decoder::workspace lanes;
         std::vector<std::int8_t> y8;  // dense path: the row's full-group pulses
+        std::vector<double> row_levels;  // dense path: s * gain level, per code
         std::vector<float> row;       // dense gemv: the decoded row (rotated domain)
     };
     row_scratch make_scratch() const {
@@ -273,6 +325,7 @@ private:
         s.codes.resize(l_.groups_per_row());
         if (full_.dense()) {
             s.y8.resize(l_.full_groups * l_.group_dim);
+            s.row_levels.resize(gain_levels_.size());
             s.row.resize(l_.cols);
         }
         return s;
@@ -328,14 +381,11 @@ private:
                     throw corrupt_data(
                         fmt::format("matrix_decoder: row {} group {}: index {} is not below V(N={}, K={}) = {}", r, j,
                                     index[j], n, l_.pulses, size));
-        if (lanes_.enabled())
-            lanes_.unrank(full_, index, full, sc.y8.data(), sc.lanes);
-        else
-            full_.unrank_dense(index, full, sc.y8.data(), sc.dense);
-        const std::int8_t* y8 = sc.y8.data();
+        full_.unrank_dense(index, full, sc.y8.data(), sc.dense);
+        double* row_levels = sc.row_levels.data();
+        for (std::size_t c = 0; c < gain_levels_.size(); ++c) row_levels[c] = s * gain_levels_[c];
+        detail::scale_dense_groups8(sc.y8.data(), codes, row_levels, full, n, out);
         int* y = sc.y.data();
-        for (std::size_t i = 0; i < full * n; ++i) y[i] = y8[i];  // vectorises (sign extension)
-        detail::scale_dense_groups(y, codes, gain_levels_.data(), s, full, n, out);
         if (l_.tail_dim != 0) {
             std::array<std::uint64_t, detail::max_split_limbs> tail_index{};
             const std::size_t w = tail_->limbs(), bits = l_.tail_index_bits;
@@ -400,7 +450,6 @@ private:
     matrix_layout l_;
     detail::row_scale_codec scales_;
     pvq_split_index full_;
-    dense_lane_decoder lanes_;  // built from full_ when it is dense
     std::optional<pvq_split_index> tail_;
     std::vector<double> gain_levels_, tail_levels_;
     std::optional<hadamard_rotation> rotation_;

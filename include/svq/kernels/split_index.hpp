@@ -1,5 +1,5 @@
 // Split-order enumeration of the pyramid P(N, K): the index order of the
-// packed matrix format version 2 (docs/performance.md, "Index order").
+// packed matrix format version 3 (docs/performance.md, "Index order").
 //
 // A group of n coordinates is split into a left half of nL = floor(n / 2)
 // and a right half of nR = n - nL coordinates. With k pulses, the points
@@ -10,7 +10,21 @@
 //   C_{n,k}(j) = sum_{t < j} V(nL, t) V(nR, k - t),      C_{n,k}(k + 1) = V(n, k),
 //
 // recursively down to one coordinate (V(1, 0) = 1; V(1, k > 0) = 2: index 0
-// is +k, 1 is -k). It is a bijection onto [0, V(N, K)), so a group costs the
+// is +k, 1 is -k). One exception (version 3): where V(16, K) fits a 64-bit
+// word, a node of 16 coordinates splits four ways, into quarters of 4 with
+// k1 + k2 + k3 + k4 = k pulses, in composition order: compositions
+// (k1, k2, k3, k4) in lexicographic order, and inside one composition the
+// mixed-radix index ((i1 V(4, k2) + i2) V(4, k3) + i3) V(4, k4) + i4 of the
+// quarters' own indices. The offset of a composition is
+//
+//   A_k(k1) + V(4, k1) B_{k-k1}(k2) + V(4, k1) V(4, k2) C_{k-k1-k2}(k3),
+//
+// with A, B, C the prefix rows of the splits 4|12, 4|8 and 4|4 (C_{n,k} above
+// with nL = 4). Decoding such a node is one search among the compositions
+// (a table for the pulse counts met in practice) and three divisions by
+// V(4, .), against three searches and three divisions for 8|8 then 4|4.
+//
+// Either way it is a bijection onto [0, V(N, K)), so a group costs the
 // same ceil(log2 V(N, K)) bits as the coordinate-by-coordinate order of
 // pvq/lattice.hpp; only the order differs. Its use: unranking touches the
 // wide integer only at the top of the tree (a 384-bit index is split into two
@@ -29,6 +43,7 @@
 //                             wide levels (code per word count up to 512 bits,
 //                             divisors normalised and their top word's
 //                             reciprocal precomputed), machine words below,
+//                             composition tables for the four-way nodes,
 //                             tables of all points of P(4, k) and, at low
 //                             rates, P(8, k) for small k; unrank_batch walks
 //                             many groups breadth-first so that their
@@ -48,6 +63,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <span>
 #include <type_traits>
 #include <utility>
@@ -59,6 +75,11 @@ namespace detail {
 
 // Largest index width the matrix codec instantiates (1024 bits) plus one word.
 inline constexpr std::size_t max_split_limbs = 17;
+
+// Whether the nodes of 16 coordinates of a group of `pulses` pulses split four
+// ways (the file comment): exactly when V(16, pulses) fits one 64-bit word.
+inline bool quad_nodes(std::size_t pulses) { return try_pvq_count<std::uint64_t>(16, pulses).has_value(); }
+inline constexpr std::size_t quad_dim = 16;
 
 // (hi * 2^64 + lo) / d with hi < d; the remainder in rem.
 inline std::uint64_t div_2by1(std::uint64_t hi, std::uint64_t lo, std::uint64_t d, std::uint64_t& rem) noexcept {
@@ -358,7 +379,8 @@ public:
 
     // dim >= 1, pulses >= 1; throws like pvq_lattice (svq::overflow_error when
     // V(N, K) does not fit Index).
-    pvq_split_lattice(std::size_t dim, std::size_t pulses) : table_(checked(dim, pulses)) {}
+    pvq_split_lattice(std::size_t dim, std::size_t pulses)
+        : table_(checked(dim, pulses)), quad_(dim >= detail::quad_dim && detail::quad_nodes(pulses)) {}
 
     std::size_t dim() const noexcept { return table_.dim(); }
     std::size_t pulses() const noexcept { return table_.pulses(); }
@@ -404,6 +426,7 @@ private:
     Index rank_node(const int* y, std::size_t n, std::size_t k) const noexcept {
         if (k == 0) return Index(0u);
         if (n == 1) return Index(y[0] < 0 ? 1u : 0u);
+        if (n == detail::quad_dim && quad_) return rank_quad(y, k);
         const std::size_t nl = n / 2, nr = n - nl;
         std::size_t kl = 0;
         for (std::size_t i = 0; i < nl; ++i) kl += static_cast<std::size_t>(std::abs(y[i]));
@@ -412,6 +435,27 @@ private:
         index += detail::index_mul(rank_node(y, nl, kl), table_(nr, k - kl));
         index += rank_node(y + nl, nr, k - kl);
         return index;
+    }
+
+    // Four-way node: the compositions before (k1, k2, k3, k4), then the
+    // quarters' indices mixed-radix, the first quarter most significant.
+    Index rank_quad(const int* y, std::size_t k) const noexcept {
+        std::size_t kt[4] = {0, 0, 0, 0};
+        for (std::size_t i = 0; i < 16; ++i) kt[i / 4] += static_cast<std::size_t>(std::abs(y[i]));
+        Index index(0u);
+        Index scale(1u);  // V(4, k1) ... V(4, k_(q-1)): the size of one composition's prefix class
+        std::size_t left = k;
+        for (std::size_t q = 0; q < 3; ++q) {
+            const std::size_t rest = 12 - 4 * q;  // coordinates after quarter q
+            for (std::size_t t = 0; t < kt[q]; ++t)
+                index += detail::index_mul(scale, block(4, rest, left, t));
+            scale = detail::index_mul(scale, table_(4, kt[q]));
+            left -= kt[q];
+        }
+        Index mix(0u);
+        for (std::size_t q = 0; q < 4; ++q)
+            mix = detail::index_mul(mix, table_(4, kt[q])) + rank_node(y + 4 * q, 4, kt[q]);
+        return index + mix;
     }
 
     // Binary long division: a = q * d + r.
@@ -443,6 +487,10 @@ private:
             y[0] = index == Index(0u) ? static_cast<int>(k) : -static_cast<int>(k);
             return;
         }
+        if (n == detail::quad_dim && quad_) {
+            unrank_quad(index, k, y);
+            return;
+        }
         const std::size_t nl = n / 2, nr = n - nl;
         std::size_t t = 0;
         for (;; ++t) {
@@ -456,7 +504,35 @@ private:
         unrank_node(ir, nr, k - t, y + nl);
     }
 
+    void unrank_quad(Index index, std::size_t k, int* y) const noexcept {
+        std::size_t kt[4];
+        Index scale(1u);
+        std::size_t left = k;
+        for (std::size_t q = 0; q < 3; ++q) {
+            const std::size_t rest = 12 - 4 * q;
+            std::size_t t = 0;
+            for (;; ++t) {
+                const Index b = detail::index_mul(scale, block(4, rest, left, t));
+                if (index < b) break;
+                index -= b;
+            }
+            kt[q] = t;
+            scale = detail::index_mul(scale, table_(4, t));
+            left -= t;
+        }
+        kt[3] = left;
+        Index it[4];
+        for (std::size_t q = 4; q-- > 1;) {
+            Index quotient;
+            divide(index, table_(4, kt[q]), quotient, it[q]);
+            index = quotient;
+        }
+        it[0] = index;
+        for (std::size_t q = 0; q < 4; ++q) unrank_node(it[q], 4, kt[q], y + 4 * q);
+    }
+
     pvq_count_table<Index> table_;
+    bool quad_ = false;  // nodes of 16 split four ways
 };
 
 // Table-driven split-order coder of P(N, K) (the same order as
@@ -466,6 +542,9 @@ public:
     // One node size of the tree.
     struct level {
         std::size_t n = 0;
+        std::size_t nl = 0;                 // coordinates of the left child: n / 2, or 4 (see quad)
+        bool quad = false;                  // a four-way node of 16 (file comment): left is the level
+                                            // of 4, right that of 12 split 4|8 (its rows are B)
         std::size_t limbs = 1;              // words of V(n, K)
         int left = -1, right = -1;          // levels of the halves (n >= 2)
         std::vector<std::uint64_t> counts;  // V(n, k), k <= K: (K + 1) * limbs words
@@ -509,16 +588,22 @@ public:
         if (index_bits_ > 1024)
             throw overflow_error(fmt::format("pvq_split_index: index of N={}, K={} needs {} bits (at most 1024)", dim,
                                              pulses, index_bits_));
+        quad_ = dim >= detail::quad_dim && detail::quad_nodes(pulses);
         root_ = build(dim, true);
-        // Nodes of each level in one tree (children have lower level numbers).
+        // Nodes of each level in one tree (children have lower level numbers);
+        // a four-way node has four children of 4 (its level of 12 only lends its rows).
         nodes_.assign(levels_.size(), 0);
         nodes_[static_cast<std::size_t>(root_)] = 1;
-        for (std::size_t i = levels_.size(); i-- > 0;)
-            if (levels_[i].n >= 2) {
+        for (std::size_t i = levels_.size(); i-- > 0;) {
+            if (levels_[i].quad) {
+                nodes_[static_cast<std::size_t>(levels_[i].left)] += 4 * nodes_[i];
+            } else if (levels_[i].n >= 2) {
                 nodes_[static_cast<std::size_t>(levels_[i].left)] += nodes_[i];
                 nodes_[static_cast<std::size_t>(levels_[i].right)] += nodes_[i];
             }
+        }
         build_leaves();
+        build_quad();
         build_dense();
     }
 
@@ -546,6 +631,9 @@ public:
             b += 8 * (dl.d.size() + dl.mul.size() + dl.one.size()) + sizeof(dense_level::row_info) * dl.rows.size() +
                  dl.guide.size();
         b += 4 * leaf_start32_.size();
+        b += sizeof(quad_composition) * comps_.size() + 2 * comp_guide_.size() +
+             4 * (comp_start_.size() + comp_guide_start_.size()) + 8 * comp_mul_.size() +
+             sizeof(quad_division) * quad_radix_.size();
         return b;
     }
 
@@ -613,7 +701,7 @@ public:
                 std::array<std::uint64_t, detail::max_split_limbs> q, rr;
                 split_wide(l, t.k, t.r.data(), j, q.data(), rr.data());
                 queue(ws, ws.wide_next, l.left, j, q.data(), t.y);
-                queue(ws, ws.wide_next, l.right, t.k - j, rr.data(), t.y + static_cast<std::uint32_t>(l.n / 2));
+                queue(ws, ws.wide_next, l.right, t.k - j, rr.data(), t.y + static_cast<std::uint32_t>(l.nl));
             }
             std::swap(ws.wide, ws.wide_next);
         }
@@ -632,9 +720,23 @@ public:
                 for (std::size_t i = 0; i < m; ++i) unrank2(task[i].k, task[i].r, y + task[i].y);
                 continue;
             }
+            if (l.quad) {  // four children of 4 each, into the level of 4's queue
+                auto* four_q = ws.narrow.data() + ws.start[static_cast<std::size_t>(l.left)];
+                std::size_t& four_fill = ws.fill[static_cast<std::size_t>(l.left)];
+                for (std::size_t i = 0; i < m; ++i) {
+                    std::size_t kt[4];
+                    std::uint64_t it[4];
+                    split_quad(l, task[i].k, task[i].r, kt, it);
+                    for (std::uint32_t q = 0; q < 4; ++q) {
+                        four_q[four_fill] = {it[q], task[i].y + 4 * q, static_cast<std::uint32_t>(kt[q])};
+                        four_fill += kt[q] != 0;
+                    }
+                }
+                continue;
+            }
             const bool leaves = l.n == 4 && leaf_k_ > 0;
             const bool leaves8 = l.n == 8 && leaf8_k_ > 0;
-            const std::uint32_t half = static_cast<std::uint32_t>(l.n / 2);
+            const std::uint32_t half = static_cast<std::uint32_t>(l.nl);
             const level& right = levels_[static_cast<std::size_t>(l.right)];
             const std::uint64_t* rcounts = right.counts.data();
             const double* rinverse = right.inverse.data();
@@ -703,14 +805,17 @@ public:
     struct dense_workspace {
         std::vector<std::uint64_t> r[2];
         std::vector<std::uint8_t> k[2];
+        std::vector<std::uint64_t> rest;   // four-way nodes: index within the composition
+        std::vector<std::uint32_t> parts;  // four-way nodes: the composition (and its slow bit)
     };
     // count indices (one word each, < V(N, K), unchecked) -> count points as
     // int8 (point g at y + g * dim()). Requires dense().
     void unrank_dense(const std::uint64_t* index, std::size_t count, std::int8_t* y, dense_workspace& ws) const {
-        const std::size_t leaves = count * dim_ / 4;
+        const level& last = levels_[static_cast<std::size_t>(dense_levels_.back())];
+        const std::size_t nodes = count * dim_ / last.n;
         for (int b = 0; b < 2; ++b) {
-            if (ws.r[b].size() < leaves) ws.r[b].resize(leaves);
-            if (ws.k[b].size() < leaves) ws.k[b].resize(leaves);
+            if (ws.r[b].size() < nodes) ws.r[b].resize(nodes);
+            if (ws.k[b].size() < nodes) ws.k[b].resize(nodes);
         }
         const std::uint64_t* rin = index;
         const std::uint8_t* kin = nullptr;
@@ -733,6 +838,16 @@ public:
             }
             rin = rout;
             kin = kout;
+        }
+        if (last.quad) {
+            const bool root = kin == nullptr;
+            if (ws.rest.size() < m) ws.rest.resize(m);
+            if (ws.parts.size() < m) ws.parts.resize(m);
+            if (quad_exact_)
+                root ? quad_dense<true, true>(rin, kin, m, y, ws) : quad_dense<false, true>(rin, kin, m, y, ws);
+            else
+                root ? quad_dense<true, false>(rin, kin, m, y, ws) : quad_dense<false, false>(rin, kin, m, y, ws);
+            return;
         }
         const std::uint32_t* leaf = leaf4_.data();
         const std::uint32_t* start = leaf_start32_.data();
@@ -793,6 +908,13 @@ public:
             for (int i = 0; i < 4; ++i) y[i] = static_cast<std::int8_t>(p >> (8 * i));
             return;
         }
+        if (l.quad) {
+            std::size_t kt[4];
+            std::uint64_t it[4];
+            split_quad(l, k, r, kt, it);
+            for (std::size_t q = 0; q < 4; ++q) unrank64(l.left, kt[q], it[q], y + 4 * q);
+            return;
+        }
         const std::uint64_t* c = l.row(k);
         const std::size_t j = find64(l, k, r);
         r -= c[j];
@@ -800,7 +922,7 @@ public:
         const std::uint64_t d = right.counts[(k - j) * right.limbs];
         const std::uint64_t q = divide64(l, k, j, r);
         unrank64(l.left, j, q, y);
-        unrank64(l.right, k - j, r - q * d, y + l.n / 2);
+        unrank64(l.right, k - j, r - q * d, y + l.nl);
     }
 
     // r / V(nR, k - j) for r < V(nL, j) V(nR, k - j) (row k of 64-bit words).
@@ -856,6 +978,97 @@ public:
             y[0] = (s & 2) != 0 ? -j : j;
             y[1] = (s & 1) != 0 ? -(ik - j) : ik - j;
         }
+    }
+
+    // A four-way node (k pulses, index r < V(16, k)) -> its quarters' pulses
+    // kt and indices it (file comment): the composition from the table when
+    // row k has one (guide bucket, then steps over the compositions' offsets),
+    // else three searches in the prefix rows A, B, C; then the mixed radix.
+    void split_quad(const level& l, std::size_t k, std::uint64_t r, std::size_t* kt,
+                    std::uint64_t* it) const noexcept {
+        if (k < comp_mul_.size() && comp_mul_[k] != 0) {
+            const quad_composition* cp = comps_.data() + comp_start_[k];
+            std::size_t c = comp_guide_[comp_guide_start_[k] + comp_bucket(comp_mul_[k], r)];
+            while (cp[c + 1].offset <= r) ++c;
+            r -= cp[c].offset;
+            for (std::size_t q = 0; q < 4; ++q) kt[q] = (cp[c].parts >> (8 * q)) & 0xff;
+        } else {
+            const level& twelve = levels_[static_cast<std::size_t>(l.right)];
+            const level& eight = levels_[static_cast<std::size_t>(twelve.right)];
+            // largest j with s * row(j) <= r  <=>  row(j) <= floor(r / s)
+            kt[0] = find64(l, k, r);
+            r -= l.row(k)[kt[0]];
+            std::size_t left = k - kt[0];
+            std::uint64_t s = quad_radix_[kt[0]].d;
+            kt[1] = find64(twelve, left, r / s);
+            r -= s * twelve.row(left)[kt[1]];
+            left -= kt[1];
+            s *= quad_radix_[kt[1]].d;
+            kt[2] = find64(eight, left, r / s);
+            r -= s * eight.row(left)[kt[2]];
+            kt[3] = left - kt[2];
+        }
+        for (std::size_t q = 3; q > 0; --q) {
+            const std::uint64_t quotient = radix_quotient(quad_radix_[kt[q]], r);
+            it[q] = r - quotient * quad_radix_[kt[q]].d;
+            r = quotient;
+        }
+        it[0] = r;
+    }
+
+    // rank of a four-way node: the offset of its composition plus the mixed radix.
+    std::uint64_t rank_quad(const level& l, std::size_t k, const int* y) const noexcept {
+        std::size_t kt[4] = {0, 0, 0, 0};
+        for (std::size_t i = 0; i < 16; ++i) kt[i / 4] += static_cast<std::size_t>(std::abs(y[i]));
+        const level& twelve = levels_[static_cast<std::size_t>(l.right)];
+        const level& eight = levels_[static_cast<std::size_t>(twelve.right)];
+        std::uint64_t offset = l.row(k)[kt[0]];
+        std::size_t left = k - kt[0];
+        std::uint64_t s = quad_radix_[kt[0]].d;
+        offset += s * twelve.row(left)[kt[1]];
+        left -= kt[1];
+        s *= quad_radix_[kt[1]].d;
+        offset += s * eight.row(left)[kt[2]];
+        std::uint64_t mix = 0;
+        for (std::size_t q = 0; q < 4; ++q) {
+            std::uint64_t i = 0;
+            rank_node(l.left, kt[q], y + 4 * q, &i);
+            mix = mix * quad_radix_[kt[q]].d + i;
+        }
+        return offset + mix;
+    }
+
+private:
+    // The compositions (k1, k2, k3, k4) of one k in lexicographic order:
+    // offset of the first index with that composition, the parts one byte
+    // each (k1 lowest), and whether a part has no P(4, k) table entry.
+    // Each k's run ends with two sentinels (offsets V(16, k) and 2^64 - 1).
+    struct quad_composition {
+        std::uint64_t offset = 0;
+        std::uint32_t parts = 0;
+        std::uint32_t slow = 0;
+    };
+    // Division by d = V(4, k) for every remainder a four-way node meets
+    // (r < V(16, K)): q = floor(r m / 2^(64 + shift)) with m = ceil(2^(64 + shift) / d)
+    // and r d < 2^(64 + shift), exact (the error r (m d - 2^(64 + shift)) /
+    // (d 2^(64 + shift)) < 1 / d). d = 1: m = 0 and the mask gives r. Where
+    // V(16, K) > 2^62, m would pass 64 bits: exact_ is false and the divide
+    // instruction is used. leaf: the first entry of P(4, k) in leaf4_.
+    struct quad_division {
+        std::uint64_t d = 1, m = 0, one = 0;
+        std::uint32_t shift = 0, leaf = 0;
+    };
+    // Guide bucket of r < V(16, k) among G buckets: floor(r mul / 2^64) with
+    // mul = floor(2^64 G / V(16, k)) < G (monotone in r, so build_quad's guide
+    // needs only forward steps).
+    static std::size_t comp_bucket(std::uint64_t mul, std::uint64_t r) noexcept {
+        return static_cast<std::size_t>((static_cast<detail::uint128>(r) * mul) >> 64);
+    }
+    std::uint64_t radix_quotient(const quad_division& q, std::uint64_t r) const noexcept {
+        if (quad_exact_) [[likely]]
+            return (static_cast<std::uint64_t>((static_cast<detail::uint128>(r) * q.m) >> 64) >> q.shift) |
+                   (r & q.one);
+        return r / q.d;
     }
 
 private:
@@ -957,12 +1170,176 @@ private:
         }
     }
 
+    // The four-way level of the dense walk: m nodes (index rin[i], pulses
+    // K at the root, else kin[i]) -> 16 int8 each at y + 16 i. Two passes
+    // over the nodes, so that more of them are in flight at once (the chain
+    // of one node is longer than the out-of-order window holds): (1) the
+    // composition: the guide's bucket, two branch-free steps, the rare
+    // loop; (2) the quarters: three divisions by V(4, .) and four P(4, k)
+    // table loads (a part past the table, or a k without a table: the
+    // general code).
+    template <bool Root, bool Exact>
+    void quad_dense(const std::uint64_t* rin, const std::uint8_t* kin, std::size_t m, std::int8_t* y,
+                    dense_workspace& ws) const noexcept {
+        const quad_composition* comps = comps_.data();
+        const std::uint16_t* guide = comp_guide_.data();
+        const quad_composition* root_comps = comps + comp_start_[pulses_];
+        const std::uint16_t* root_guide = guide + comp_guide_start_[pulses_];
+        const std::uint64_t root_mul = comp_mul_[pulses_];
+        std::uint64_t* rest = ws.rest.data();
+        std::uint32_t* parts = ws.parts.data();
+        constexpr std::uint32_t general = 0xffffffffu;  // no composition table for this node
+        for (std::size_t i = 0; i < m; ++i) {
+            std::uint64_t r = rin[i];
+            const quad_composition* cp = root_comps;
+            const std::uint16_t* gd = root_guide;
+            std::uint64_t mul = root_mul;
+            if constexpr (!Root) {
+                const std::size_t k = kin[i];
+                mul = comp_mul_[k];
+                if (mul == 0) [[unlikely]] {
+                    parts[i] = general;
+                    continue;
+                }
+                cp = comps + comp_start_[k];
+                gd = guide + comp_guide_start_[k];
+            }
+            std::size_t c = gd[comp_bucket(mul, r)];
+            c += static_cast<std::size_t>(cp[c + 1].offset <= r);
+            c += static_cast<std::size_t>(cp[c + 1].offset <= r);
+            while (cp[c + 1].offset <= r) ++c;
+            rest[i] = r - cp[c].offset;
+            parts[i] = cp[c].parts | cp[c].slow << 31;  // parts <= 127 each: bit 31 is free
+        }
+        const quad_division* rad = quad_radix_.data();
+        const std::uint32_t* leaf = leaf4_.data();
+        const auto quotient = [](const quad_division& q, std::uint64_t r) noexcept {
+            if constexpr (Exact)
+                return (static_cast<std::uint64_t>((static_cast<detail::uint128>(r) * q.m) >> 64) >> q.shift) |
+                       (r & q.one);
+            else
+                return r / q.d;
+        };
+        for (std::size_t i = 0; i < m; ++i) {
+            const std::uint32_t p = parts[i];
+            std::int8_t* out = y + 16 * i;
+            if constexpr (!Root) {
+                if (p == general) [[unlikely]] {
+                    quad_general(kin[i], rin[i], out);
+                    continue;
+                }
+            }
+            std::uint64_t r = rest[i];
+            const quad_division& d1 = rad[p & 0xff];
+            const quad_division& d2 = rad[(p >> 8) & 0xff];
+            const quad_division& d3 = rad[(p >> 16) & 0xff];
+            const quad_division& d4 = rad[(p >> 24) & 0x7f];
+            std::uint64_t q = quotient(d4, r);
+            const std::uint64_t i4 = r - q * d4.d;
+            r = q;
+            q = quotient(d3, r);
+            const std::uint64_t i3 = r - q * d3.d;
+            r = q;
+            q = quotient(d2, r);
+            const std::uint64_t i2 = r - q * d2.d;
+            const std::uint64_t i1 = q;
+            if ((p >> 31) == 0) [[likely]] {
+                const std::uint32_t w[4] = {leaf[d1.leaf + i1], leaf[d2.leaf + i2], leaf[d3.leaf + i3],
+                                            leaf[d4.leaf + i4]};
+                std::memcpy(out, w, 16);
+            } else {
+                const std::uint64_t it[4] = {i1, i2, i3, i4};
+                int tmp[4];
+                for (std::size_t t = 0; t < 4; ++t) {
+                    unrank64(levels_[static_cast<std::size_t>(quad_level_)].left, (p >> (8 * t)) & 0x7f, it[t], tmp);
+                    for (std::size_t u = 0; u < 4; ++u) out[4 * t + u] = static_cast<std::int8_t>(tmp[u]);
+                }
+            }
+        }
+    }
+    void quad_general(std::size_t k, std::uint64_t r, std::int8_t* out) const noexcept {
+        int tmp[16];
+        unrank64(quad_level_, k, r, tmp);
+        for (std::size_t t = 0; t < 16; ++t) out[t] = static_cast<std::int8_t>(tmp[t]);
+    }
+
+    // Composition tables of the four-way level (if any) and the divisions by
+    // V(4, k). The root of N = 16 meets only k = K; a four-way level below it
+    // meets every k, tabulated while all its runs together hold at most
+    // max_quad_compositions entries (k <= 22), rarer k take the prefix rows.
+    static constexpr std::size_t max_quad_compositions = 16384;
+    void build_quad() {
+        for (std::size_t i = 0; i < levels_.size(); ++i)
+            if (levels_[i].quad) quad_level_ = static_cast<int>(i);
+        if (quad_level_ < 0) return;
+        const level& l = levels_[static_cast<std::size_t>(quad_level_)];
+        const level& four = levels_[static_cast<std::size_t>(l.left)];
+        const std::uint64_t top = l.counts[pulses_ * l.limbs];  // V(16, K) < 2^64
+        quad_exact_ = top - 1 < (std::uint64_t{1} << 62);
+        const auto rbits = static_cast<unsigned>(std::bit_width(top - 1));
+        quad_radix_.resize(pulses_ + 1);
+        for (std::size_t k = 0; k <= pulses_; ++k) {
+            quad_division& q = quad_radix_[k];
+            q.d = four.counts[k * four.limbs];
+            q.leaf = k < leaf_k_ ? static_cast<std::uint32_t>(leaf_start_[k]) : 0;
+            if (q.d == 1) {
+                q.one = ~std::uint64_t{0};
+                continue;
+            }
+            const unsigned sh = std::max(64u, rbits + static_cast<unsigned>(std::bit_width(q.d)));
+            q.shift = sh - 64;
+            q.m = quad_exact_ ? static_cast<std::uint64_t>(((detail::uint128{1} << sh) - 1) / q.d + 1) : 0;
+        }
+        const bool root = quad_level_ == root_;
+        const auto compositions = [](std::size_t k) { return (k + 1) * (k + 2) * (k + 3) / 6; };
+        comp_start_.assign(pulses_ + 1, 0);
+        comp_guide_start_.assign(pulses_ + 1, 0);
+        comp_mul_.assign(pulses_ + 1, 0);
+        std::size_t total = 0;
+        for (std::size_t k = root ? pulses_ : 0; k <= pulses_; ++k) {
+            const std::size_t count = compositions(k);
+            total += count;
+            if (count > 0xffff || (!root && total > max_quad_compositions)) break;
+            const std::uint64_t v = root ? top : l.counts[k * l.limbs];
+            comp_start_[k] = static_cast<std::uint32_t>(comps_.size());
+            std::uint64_t offset = 0;
+            for (std::size_t a = 0; a <= k; ++a)
+                for (std::size_t b = 0; a + b <= k; ++b)
+                    for (std::size_t c = 0; a + b + c <= k; ++c) {
+                        const std::size_t d = k - a - b - c;
+                        const bool slow = std::max(std::max(a, b), std::max(c, d)) >= leaf_k_;
+                        comps_.push_back({offset, static_cast<std::uint32_t>(a | b << 8 | c << 16 | d << 24),
+                                          static_cast<std::uint32_t>(slow)});
+                        offset += quad_radix_[a].d * quad_radix_[b].d * quad_radix_[c].d * quad_radix_[d].d;
+                    }
+            comps_.push_back({v, 0, 0});
+            comps_.push_back({~std::uint64_t{0}, 0, 0});
+            const quad_composition* first = comps_.data() + comp_start_[k];
+            // Bucket b holds the last composition whose offset lies in an
+            // earlier bucket; the bucket of r is monotone in r, so every r of
+            // bucket b has a composition at or after it (only forward steps).
+            const std::size_t g = 2 * count;
+            const auto mul = static_cast<std::uint64_t>((static_cast<detail::uint128>(g) << 64) / v);
+            comp_mul_[k] = mul;
+            comp_guide_start_[k] = static_cast<std::uint32_t>(comp_guide_.size());
+            std::size_t c = 0;
+            for (std::size_t b = 0; b < g; ++b) {
+                while (c + 1 < count && comp_bucket(mul, first[c + 1].offset) < b) ++c;
+                comp_guide_.push_back(static_cast<std::uint16_t>(c));
+            }
+        }
+    }
+
     // Sets up the dense walk when the configuration allows it (see dense()).
     void build_dense() {
         if (limbs() != 1 || dim_ < 8 || !std::has_single_bit(dim_) || leaf_k_ == 0 || pulses_ > 127) return;
         for (int lv = root_;; lv = levels_[static_cast<std::size_t>(lv)].left) {
             dense_levels_.push_back(lv);
-            if (levels_[static_cast<std::size_t>(lv)].n == 4) break;
+            if (levels_[static_cast<std::size_t>(lv)].n == 4 || levels_[static_cast<std::size_t>(lv)].quad) break;
+        }
+        if (dense_levels_.back() == root_ && levels_[static_cast<std::size_t>(root_)].quad && comp_mul_[pulses_] == 0) {
+            dense_levels_.clear();  // a root of 16 whose compositions have no table: the general path
+            return;
         }
         for (std::size_t d = 0; d + 1 < dense_levels_.size(); ++d) {
             dense_level dl;
@@ -1010,15 +1387,22 @@ private:
     }
 
     // Level of size n (built bottom-up, children first); the root keeps only row K.
-    int build(std::size_t n, bool is_root) {
+    // nl: the left child's size (0: n / 2). A node of 16 in a tree with
+    // four-way nodes is one (left 4, right the 4|8 split of 12).
+    int build(std::size_t n, bool is_root, std::size_t nl = 0) {
+        const bool quad = n == detail::quad_dim && quad_;
+        if (quad) nl = 4;
+        if (nl == 0) nl = n / 2;
         for (std::size_t i = 0; i < levels_.size(); ++i)
-            if (levels_[i].n == n && !is_root) return static_cast<int>(i);
+            if (levels_[i].n == n && levels_[i].nl == nl && !is_root) return static_cast<int>(i);
         level l;
         l.n = n;
+        l.nl = nl;
+        l.quad = quad;
         l.limbs = (pvq_index_bits(n, pulses_) + 1 + 63) / 64;  // V(n, K) itself, not V - 1
         if (n >= 2) {
-            l.left = build(n / 2, false);
-            l.right = build(n - n / 2, false);
+            l.left = build(nl, false);
+            l.right = build(n - nl, false, quad ? 4 : 0);
         }
         const std::size_t lw = l.limbs, kmax = pulses_;
         l.counts.assign((kmax + 1) * lw, 0);
@@ -1134,7 +1518,11 @@ private:
             out[0] = y[0] < 0 ? 1 : 0;
             return;
         }
-        const std::size_t nl = l.n / 2;
+        if (l.quad) {
+            out[0] = rank_quad(l, k, y);
+            return;
+        }
+        const std::size_t nl = l.nl;
         std::size_t kl = 0;
         for (std::size_t i = 0; i < nl; ++i) kl += static_cast<std::size_t>(std::abs(y[i]));
         const level& a = levels_[static_cast<std::size_t>(l.left)];
@@ -1246,11 +1634,11 @@ private:
     void build_leaves() {
         const auto has_level = [&](std::size_t n) {
             for (std::size_t i = 0; i < levels_.size(); ++i)
-                if (levels_[i].n == n && static_cast<int>(i) != root_) return true;
+                if (levels_[i].n == n && static_cast<int>(i) != root_ && nodes_[i] > 0) return true;
             return false;
         };
         if (!has_level(4)) return;
-        const std::size_t leaf_pulses = 4 * pulses_ > 8 * dim_ ? 19 : 15;
+        const std::size_t leaf_pulses = 4 * pulses_ > 8 * dim_ ? 23 : 15;
         const std::size_t kmax = std::min(leaf_pulses, pulses_);
         // Points packed 8 bits per coordinate, lowest coordinate in the low byte.
         using table = std::vector<std::vector<std::uint64_t>>;
@@ -1317,6 +1705,15 @@ private:
     std::vector<std::uint32_t> leaf_start32_;
     std::vector<std::size_t> nodes_;  // level -> nodes of that size in one tree
     int root_ = -1;
+    // Four-way nodes of 16 (build_quad).
+    bool quad_ = false;        // this tree's nodes of 16 split four ways
+    bool quad_exact_ = true;   // quad_division's multiply-high is exact (V(16, K) <= 2^62)
+    int quad_level_ = -1;      // their level
+    std::vector<quad_composition> comps_;
+    std::vector<std::uint32_t> comp_start_, comp_guide_start_;  // k -> first composition, first bucket
+    std::vector<std::uint16_t> comp_guide_;
+    std::vector<std::uint64_t> comp_mul_;  // k -> comp_bucket's multiplier; 0: no table for k
+    std::vector<quad_division> quad_radix_;
 };
 
 }  // namespace svq

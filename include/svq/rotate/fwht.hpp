@@ -21,6 +21,7 @@
 #include <cmath>
 #include <cstddef>
 #include <span>
+#include <type_traits>
 
 namespace svq {
 namespace detail {
@@ -56,37 +57,78 @@ struct fwht_partner_lane {
 
 // Butterfly stages whose partners lie inside one batch (half < lanes), in
 // ascending order. A lane with (i & half) == 0 holds a and needs a + b; the
-// partner lane holds b and needs a - b. Both are partner + (+-1) * own:
-// b + a is a + b exactly (addition commutes), and a + (-b) is a - b exactly
-// (IEEE defines subtraction that way), so this matches the scalar body.
+// partner lane holds b and needs a - b. Both are partner + (+-1) * own, one
+// fused multiply-add: the product by +-1 is exact, so the one rounding is
+// that of a + b or a - b, as in the scalar body.
 // signs[k]: the +-1 lane pattern of stage half = 2^k.
 template <class Arch, class T, unsigned Half = 1>
 inline xsimd::batch<T, Arch> fwht_in_register(xsimd::batch<T, Arch> x, const xsimd::batch<T, Arch>* signs) noexcept {
     if constexpr (Half < xsimd::batch<T, Arch>::size) {
         const auto partner = simd::swizzle_lanes<fwht_partner_lane<Half>>(x);
-        x = partner + x * signs[0];
+        x = xsimd::fma(x, signs[0], partner);
         return fwht_in_register<Arch, T, Half * 2>(x, signs + 1);
     } else {
         return x;
     }
 }
 
-// SIMD body. data: n values, n a power of two (n >= 1). Transforms shorter
-// than one batch take the scalar body. Pass 1 runs the in-batch stages on
-// each batch; the remaining stages (half >= lanes) run two at a time
-// (radix 4: four loads, two levels of butterflies, four stores), which halves
-// the memory traffic of radix 2 and leaves each element's operations as in
-// the scalar body. The scale is applied in the last pass.
+// Stages half, 2 half, ..., 2^(Stages - 1) half over groups of 2^Stages
+// batches a stride `half` apart (half >= lanes): each element meets the
+// same additions and subtractions, in the same stage order, as in the
+// scalar body, with one load and one store per pass instead of per stage.
+// Last: the pass ends the transform, so it applies the scale and then, when
+// post is not null, multiplies by post[i] (the rotation's signs).
+template <std::size_t Stages, bool Last, class Arch, class T>
+inline void fwht_pass(Arch, T* data, std::size_t n, std::size_t half, T scale_value, const T* post) noexcept {
+    using batch = xsimd::batch<T, Arch>;
+    constexpr std::size_t lanes = batch::size, m = std::size_t{1} << Stages;
+    const batch scale(scale_value);
+    for (std::size_t base = 0; base < n; base += m * half) {
+        for (std::size_t j = base; j < base + half; j += lanes) {
+            batch a[m];
+#pragma GCC unroll 16
+            for (std::size_t t = 0; t < m; ++t) a[t] = batch::load_unaligned(data + j + t * half);
+#pragma GCC unroll 4
+            for (std::size_t s = 0; s < Stages; ++s) {
+                const std::size_t h = std::size_t{1} << s;
+#pragma GCC unroll 16
+                for (std::size_t t = 0; t < m; ++t) {
+                    if ((t & h) != 0) continue;
+                    const batch x = a[t], y = a[t + h];
+                    a[t] = x + y;
+                    a[t + h] = x - y;
+                }
+            }
+#pragma GCC unroll 16
+            for (std::size_t t = 0; t < m; ++t) {
+                batch v = a[t];
+                if constexpr (Last) {
+                    v = v * scale;
+                    if (post != nullptr) v = v * batch::load_unaligned(post + j + t * half);
+                }
+                v.store_unaligned(data + j + t * half);
+            }
+        }
+    }
+}
+
+// SIMD body. data: n values, n a power of two (n >= 1); post: null or n
+// values to multiply the result by (bit-identical to multiplying after the
+// transform). Transforms shorter than one batch take the scalar body. Pass 1
+// runs the in-batch stages on each batch; the remaining stages (half >=
+// lanes) run up to four at a time (three with fewer than 32 vector
+// registers), so each element is loaded and stored once per pass.
 template <class Arch, class T>
-inline void fwht_kernel(Arch, T* data, std::size_t n) noexcept {
+inline void fwht_kernel(Arch, T* data, std::size_t n, const T* post = nullptr) noexcept {
     using batch = xsimd::batch<T, Arch>;
     constexpr std::size_t lanes = batch::size;
     if (n < lanes) {
         fwht_scalar(data, n);
+        if (post != nullptr)
+            for (std::size_t i = 0; i < n; ++i) data[i] *= post[i];
         return;
     }
     const T scale_value = fwht_scale<T>(n);
-    const batch scale(scale_value);
 
     // +-1 patterns of the in-batch stages: stage k negates the lanes with bit k set.
     constexpr std::size_t in_register_stages = std::bit_width(lanes) - 1;
@@ -96,59 +138,56 @@ inline void fwht_kernel(Arch, T* data, std::size_t n) noexcept {
         for (std::size_t lane = 0; lane < lanes; ++lane) pattern[lane] = (lane >> stage) & 1U ? T(-1) : T(1);
         signs[stage] = batch::load_aligned(pattern);
     }
+    const batch scale(scale_value);
     for (std::size_t i = 0; i < n; i += lanes) {
         batch x = fwht_in_register<Arch, T>(batch::load_unaligned(data + i), signs);
-        if (n == lanes) x = x * scale;
+        if (n == lanes) {
+            x = x * scale;
+            if (post != nullptr) x = x * batch::load_unaligned(post + i);
+        }
         x.store_unaligned(data + i);
     }
 
-    std::size_t half = lanes;
-    for (; 4 * half <= n; half *= 4) {
-        const bool last = 4 * half == n;
-        for (std::size_t base = 0; base < n; base += 4 * half) {
-            for (std::size_t j = base; j < base + half; j += lanes) {
-                const batch a0 = batch::load_unaligned(data + j);
-                const batch a1 = batch::load_unaligned(data + j + half);
-                const batch a2 = batch::load_unaligned(data + j + 2 * half);
-                const batch a3 = batch::load_unaligned(data + j + 3 * half);
-                const batch b0 = a0 + a1;
-                const batch b1 = a0 - a1;
-                const batch b2 = a2 + a3;
-                const batch b3 = a2 - a3;
-                batch c0 = b0 + b2;
-                batch c1 = b1 + b3;
-                batch c2 = b0 - b2;
-                batch c3 = b1 - b3;
-                if (last) {
-                    c0 = c0 * scale;
-                    c1 = c1 * scale;
-                    c2 = c2 * scale;
-                    c3 = c3 * scale;
-                }
-                c0.store_unaligned(data + j);
-                c1.store_unaligned(data + j + half);
-                c2.store_unaligned(data + j + 2 * half);
-                c3.store_unaligned(data + j + 3 * half);
-            }
+    // AVX-512 has 32 registers: 16 batches of a pass and their sums fit.
+    constexpr std::size_t max_stages = sizeof(batch) >= 64 ? 4 : 3;
+    for (std::size_t half = lanes; half < n;) {
+        std::size_t stages = 0;
+        while (stages < max_stages && (half << stages) < n) ++stages;
+        const bool last = (half << stages) == n;
+        const auto run = [&](auto st) {
+            if (last)
+                fwht_pass<decltype(st)::value, true>(Arch{}, data, n, half, scale_value, post);
+            else
+                fwht_pass<decltype(st)::value, false>(Arch{}, data, n, half, scale_value, post);
+        };
+        switch (stages) {
+            case 1:
+                run(std::integral_constant<std::size_t, 1>{});
+                break;
+            case 2:
+                run(std::integral_constant<std::size_t, 2>{});
+                break;
+            case 3:
+                run(std::integral_constant<std::size_t, 3>{});
+                break;
+            default:
+                run(std::integral_constant<std::size_t, max_stages>{});
+                break;
         }
-    }
-    if (2 * half == n) {  // one stage left over (odd number of cross-batch stages)
-        for (std::size_t j = 0; j < half; j += lanes) {
-            const batch a = batch::load_unaligned(data + j);
-            const batch b = batch::load_unaligned(data + j + half);
-            ((a + b) * scale).store_unaligned(data + j);
-            ((a - b) * scale).store_unaligned(data + j + half);
-        }
+        half <<= stages;
     }
 }
 
 // Dispatch once: the SIMD body where xsimd found an architecture, else scalar.
+// post: null, or n values the result is multiplied by (the signs of a rotation).
 template <class T>
-inline void fwht_dispatch(T* data, std::size_t n) noexcept {
+inline void fwht_dispatch(T* data, std::size_t n, const T* post = nullptr) noexcept {
     if constexpr (simd::has_simd) {
-        fwht_kernel(simd::default_arch{}, data, n);
+        fwht_kernel(simd::default_arch{}, data, n, post);
     } else {
         fwht_scalar(data, n);
+        if (post != nullptr)
+            for (std::size_t i = 0; i < n; ++i) data[i] *= post[i];
     }
 }
 

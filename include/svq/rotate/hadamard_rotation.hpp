@@ -322,16 +322,20 @@ private:
                 }
             }
         } else {
+            // Each coordinate's last operation in a layer is its FWHT row, so
+            // the layer's signs ride in that transform's last pass (the same
+            // values as multiplying afterwards: the factors are +-1).
             for (auto l = layers_.rbegin(); l != layers_.rend(); ++l) {
+                const T* signs = signs_of<T>(*l);
                 for (const block& b : l->blocks) {
                     T* segment = v + b.offset;
                     if (b.dense > 1) {
                         detail::mix_rows(dense_of<T>(b, true), b.dense, b.hadamard, segment, scratch);
                         std::copy_n(scratch, b.dense * b.hadamard, segment);
                     }
-                    for (std::size_t r = 0; r < b.dense; ++r) detail::fwht_dispatch(segment + r * b.hadamard, b.hadamard);
+                    for (std::size_t r = 0; r < b.dense; ++r)
+                        detail::fwht_dispatch(segment + r * b.hadamard, b.hadamard, signs + b.offset + r * b.hadamard);
                 }
-                detail::multiply_signs(v, signs_of<T>(*l), dim_);
             }
         }
     }
