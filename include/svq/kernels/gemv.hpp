@@ -74,13 +74,65 @@ inline float pulse_dot(const int* y, const float* x, std::size_t n) noexcept {
     }
 }
 
+// Outputs of at least this many bytes (more than a core's L2 cache) are
+// written with streaming stores, which do not read the destination lines first.
+inline constexpr std::size_t stream_bytes = std::size_t{8} << 20;
+
+// Copies a finished row to its place in a large output with streaming stores
+// (AVX-512: 64-byte aligned lines, the edges by plain stores; elsewhere plain
+// copies), a piece at a time: the dense decoder streams one group's worth
+// while it scales each group of the next row, so the writes to memory overlap
+// that work instead of stalling at the end of a row. finish() writes what is
+// left; fence() before other threads read the output.
+class row_streamer {
+public:
+    void start(const float* src, float* dst, std::size_t n) noexcept {
+        src_ = src;
+        dst_ = dst;
+        n_ = n;
+        done_ = 0;
+#if defined(__AVX512F__)
+        while (done_ < n_ && reinterpret_cast<std::uintptr_t>(dst_ + done_) % 64 != 0) {
+            dst_[done_] = src_[done_];
+            ++done_;
+        }
+#endif
+    }
+    // Up to `floats` more (whole lines on AVX-512).
+    void step(std::size_t floats) noexcept {
+        const std::size_t end = std::min(n_, done_ + floats);
+#if defined(__AVX512F__)
+        for (; done_ + 16 <= end; done_ += 16) _mm512_stream_ps(dst_ + done_, _mm512_loadu_ps(src_ + done_));
+#else
+        std::copy(src_ + done_, src_ + end, dst_ + done_);
+        done_ = end;
+#endif
+    }
+    void finish() noexcept {
+        step(n_);
+        for (; done_ < n_; ++done_) dst_[done_] = src_[done_];
+    }
+    static void fence() noexcept {
+#if defined(__AVX512F__)
+        _mm_sfence();
+#endif
+    }
+
+private:
+    const float* src_ = nullptr;
+    float* dst_ = nullptr;
+    std::size_t n_ = 0, done_ = 0;
+};
+
 // Dense path: int8 pulses -> floats, the reference decoder's (group j's
 // factor float(row_levels[codes[j]] / sqrt(E_j)) with row_levels[c] =
 // s * levels[c], the product detail::group_factor forms first, then
 // float(y_i) * factor). y8: groups * n int8, out: groups * n floats.
+// stream: null, or a row to stream n floats of per group.
 inline void scale_dense_groups8_scalar(const std::int8_t* y8, const std::uint32_t* codes, const double* row_levels,
-                                       std::size_t groups, std::size_t n, float* out) noexcept {
+                                       std::size_t groups, std::size_t n, float* out, row_streamer* stream) noexcept {
     for (std::size_t j = 0; j < groups; ++j, y8 += n, out += n) {
+        if (stream != nullptr) stream->step(n);
         std::int32_t e = 0;
         for (std::size_t i = 0; i < n; ++i) e += y8[i] * y8[i];
         const auto factor = static_cast<float>(row_levels[codes[j]] / std::sqrt(static_cast<double>(e)));
@@ -97,7 +149,7 @@ inline void scale_dense_groups8_scalar(const std::int8_t* y8, const std::uint32_
 SVQ_GCC_AVX512_WARNINGS_OFF
 template <std::size_t N>
 inline void scale_dense_groups8_avx512(const std::int8_t* y8, const std::uint32_t* codes, const double* row_levels,
-                                       std::size_t groups, float* out) noexcept {
+                                       std::size_t groups, float* out, row_streamer* stream) noexcept {
     static_assert(N == 16 || N == 32);
     constexpr std::size_t per_vector = 64 / N;  // groups per 64 bytes
     const __m512i ones = _mm512_set1_epi16(1);
@@ -123,6 +175,7 @@ inline void scale_dense_groups8_avx512(const std::int8_t* y8, const std::uint32_
                                                row_levels, 8);
         _mm256_store_ps(factor, _mm512_cvtpd_ps(_mm512_div_pd(lv, _mm512_sqrt_pd(energy))));
         for (std::size_t g = 0; g < 8; ++g) {
+            if (stream != nullptr) stream->step(N);
             const __m512 f = _mm512_set1_ps(factor[g]);
             const std::int8_t* y = y8 + (j + g) * N;
             float* o = out + (j + g) * N;
@@ -132,44 +185,18 @@ inline void scale_dense_groups8_avx512(const std::int8_t* y8, const std::uint32_
             }
         }
     }
-    scale_dense_groups8_scalar(y8 + j * N, codes + j, row_levels, groups - j, N, out + j * N);
+    scale_dense_groups8_scalar(y8 + j * N, codes + j, row_levels, groups - j, N, out + j * N, stream);
 }
 SVQ_GCC_AVX512_WARNINGS_ON
 #endif
 
 inline void scale_dense_groups8(const std::int8_t* y8, const std::uint32_t* codes, const double* row_levels,
-                                std::size_t groups, std::size_t n, float* out) noexcept {
+                                std::size_t groups, std::size_t n, float* out, row_streamer* stream) noexcept {
 #if defined(__AVX512F__) && defined(__AVX512BW__)
-    if (n == 16) return scale_dense_groups8_avx512<16>(y8, codes, row_levels, groups, out);
-    if (n == 32) return scale_dense_groups8_avx512<32>(y8, codes, row_levels, groups, out);
+    if (n == 16) return scale_dense_groups8_avx512<16>(y8, codes, row_levels, groups, out, stream);
+    if (n == 32) return scale_dense_groups8_avx512<32>(y8, codes, row_levels, groups, out, stream);
 #endif
-    scale_dense_groups8_scalar(y8, codes, row_levels, groups, n, out);
-}
-
-// Outputs of at least this many bytes (more than a core's L2 cache) are
-// written with streaming stores, which do not read the destination lines first.
-inline constexpr std::size_t stream_bytes = std::size_t{8} << 20;
-
-// dst[0, n) = src[0, n): streaming stores where the target has them (AVX-512:
-// 64-byte aligned full lines, the edges by plain stores), else a plain copy.
-// Call stream_fence() before other threads read dst.
-inline void stream_copy(const float* src, float* dst, std::size_t n) noexcept {
-#if defined(__AVX512F__)
-    std::size_t i = 0;
-    while (i < n && reinterpret_cast<std::uintptr_t>(dst + i) % 64 != 0) {
-        dst[i] = src[i];
-        ++i;
-    }
-    for (; i + 16 <= n; i += 16) _mm512_stream_ps(dst + i, _mm512_loadu_ps(src + i));
-    for (; i < n; ++i) dst[i] = src[i];
-#else
-    std::copy_n(src, n, dst);
-#endif
-}
-inline void stream_fence() noexcept {
-#if defined(__AVX512F__)
-    _mm_sfence();
-#endif
+    scale_dense_groups8_scalar(y8, codes, row_levels, groups, n, out, stream);
 }
 
 // sum_i a_i * b_i over n floats (lane-wise fused multiply-adds, then a fixed-order reduction).
@@ -237,25 +264,33 @@ public:
         if (out.size() != rows() * cols())
             throw invalid_argument(fmt::format("matrix_decoder::dequantize: output has {} entries, the matrix {} x {}",
                                                out.size(), rows(), cols()));
-        // Large outputs are written with streaming stores from a row buffer
-        // that stays in the L1 cache (decode, inverse rotation, then one
-        // pass to memory that reads nothing back).
+        // Large outputs: each row is decoded (and inverse-rotated) in one of
+        // two row buffers that stay in the L1 cache, then written to memory
+        // with streaming stores (which read nothing back) while the next row
+        // is decoded (detail::row_streamer).
         const bool stream = rows() * cols() * sizeof(float) >= detail::stream_bytes;
         detail::parallel_slices(rows(), threads, [&](std::size_t first, std::size_t end) {
             row_scratch sc = make_scratch();
             std::vector<float> scratch(rotation_ ? rotation_->scratch_size() : 0);
-            if (stream) sc.row.resize(cols());
+            std::vector<float> buffers(stream ? 2 * cols() : 0);
+            detail::row_streamer streamer;
             for (std::size_t r = first; r < end; ++r) {
                 float* dst = out.data() + r * cols();
-                float* row = stream ? sc.row.data() : dst;
+                float* row = stream ? buffers.data() + (r % 2) * cols() : dst;
                 if (full_.dense())
-                    decode_row_dense(r, row, sc);
+                    decode_row_dense(r, row, sc, stream ? &streamer : nullptr);
                 else
                     decode_row_impl(r, row, sc, [](std::size_t, const int*, std::size_t, float) {});
                 if (rotation_) rotation_->inverse(std::span<float>(row, cols()), scratch);
-                if (stream) detail::stream_copy(row, dst, cols());
+                if (stream) {
+                    streamer.finish();  // the previous row (usually written already)
+                    streamer.start(row, dst, cols());
+                }
             }
-            if (stream) detail::stream_fence();
+            if (stream) {
+                streamer.finish();
+                detail::row_streamer::fence();
+            }
         });
     }
 
@@ -337,7 +372,8 @@ private:
     // int8 pulses), then scales each group by detail::group_factor's formula
     // (the energy summed from the int8 pulses: the same integer), so the
     // floats equal the reference decoder's. The tail group takes the general path.
-    void decode_row_dense(std::size_t r, float* out, row_scratch& sc) const {
+    // stream: null, or a finished row to write to memory meanwhile (dequantize).
+    void decode_row_dense(std::size_t r, float* out, row_scratch& sc, detail::row_streamer* stream = nullptr) const {
         const bit_reader in(q_->words());
         std::size_t offset = l_.row_bit_offset(r);
         const double s = scales_.decode(static_cast<std::uint32_t>(in.read(offset, l_.row_scale_bits)));
@@ -384,7 +420,7 @@ private:
         full_.unrank_dense(index, full, sc.y8.data(), sc.dense);
         double* row_levels = sc.row_levels.data();
         for (std::size_t c = 0; c < gain_levels_.size(); ++c) row_levels[c] = s * gain_levels_[c];
-        detail::scale_dense_groups8(sc.y8.data(), codes, row_levels, full, n, out);
+        detail::scale_dense_groups8(sc.y8.data(), codes, row_levels, full, n, out, stream);
         int* y = sc.y.data();
         if (l_.tail_dim != 0) {
             std::array<std::uint64_t, detail::max_split_limbs> tail_index{};

@@ -632,7 +632,7 @@ public:
                  dl.guide.size();
         b += 4 * leaf_start32_.size();
         b += sizeof(quad_composition) * comps_.size() + 2 * comp_guide_.size() +
-             4 * (comp_start_.size() + comp_guide_start_.size()) + 8 * comp_mul_.size() +
+             sizeof(quad_row) * quad_rows_.size() +
              sizeof(quad_division) * quad_radix_.size();
         return b;
     }
@@ -986,9 +986,10 @@ public:
     // else three searches in the prefix rows A, B, C; then the mixed radix.
     void split_quad(const level& l, std::size_t k, std::uint64_t r, std::size_t* kt,
                     std::uint64_t* it) const noexcept {
-        if (k < comp_mul_.size() && comp_mul_[k] != 0) {
-            const quad_composition* cp = comps_.data() + comp_start_[k];
-            std::size_t c = comp_guide_[comp_guide_start_[k] + comp_bucket(comp_mul_[k], r)];
+        if (k < quad_rows_.size() && quad_rows_[k].mul != 0) {
+            const quad_row& qr = quad_rows_[k];
+            const quad_composition* cp = comps_.data() + qr.start;
+            std::size_t c = comp_guide_[qr.guide + comp_bucket(qr.mul, r)];
             while (cp[c + 1].offset <= r) ++c;
             r -= cp[c].offset;
             for (std::size_t q = 0; q < 4; ++q) kt[q] = (cp[c].parts >> (8 * q)) & 0xff;
@@ -1043,6 +1044,12 @@ private:
     // offset of the first index with that composition, the parts one byte
     // each (k1 lowest), and whether a part has no P(4, k) table entry.
     // Each k's run ends with two sentinels (offsets V(16, k) and 2^64 - 1).
+    // One k's compositions: the first entry in comps_, the first bucket in
+    // comp_guide_, comp_bucket's multiplier (0: no table for this k).
+    struct quad_row {
+        std::uint64_t mul = 0;
+        std::uint32_t start = 0, guide = 0;
+    };
     struct quad_composition {
         std::uint64_t offset = 0;
         std::uint32_t parts = 0;
@@ -1089,7 +1096,8 @@ private:
             double scale = 0.0;
         };
         std::vector<row_info> rows;
-        std::vector<std::uint8_t> guide;
+        std::vector<std::uint8_t> guide;  // the root: 4 (K + 1) buckets of comp_bucket(root_mul, r), forward steps only
+        std::uint64_t root_mul = 0;
     };
 
     // r / V(nR, t). Exact: floor(r m / 2^64) with m = ceil(2^64 / d) (see
@@ -1138,13 +1146,14 @@ private:
         const level& l = levels_[static_cast<std::size_t>(dl.lv)];
         const std::size_t k = pulses_;
         const std::uint64_t* c = l.row(k);
-        const std::uint16_t* guide = l.guide.data() + l.guide_start[k];
-        const double scale = l.guide_scale[k];
-        const std::size_t last = 2 * k + 1;
+        const std::uint8_t* guide = dl.guide.data();
+        const std::uint64_t mul = dl.root_mul;
         for (std::size_t i = 0; i < m; ++i) {
             const std::uint64_t r = rin[i];
-            const std::size_t j =
-                settle_split(c, guide[std::min(static_cast<std::size_t>(static_cast<double>(r) * scale), last)], r);
+            std::size_t j = guide[comp_bucket(mul, r)];
+            j += static_cast<std::size_t>(c[j + 1] <= r);
+            j += static_cast<std::size_t>(c[j + 1] <= r);
+            while (c[j + 1] <= r) ++j;
             write_children<Exact>(dl, c, k, j, r, rout + 2 * i, kout + 2 * i);
         }
     }
@@ -1183,9 +1192,10 @@ private:
                     dense_workspace& ws) const noexcept {
         const quad_composition* comps = comps_.data();
         const std::uint16_t* guide = comp_guide_.data();
-        const quad_composition* root_comps = comps + comp_start_[pulses_];
-        const std::uint16_t* root_guide = guide + comp_guide_start_[pulses_];
-        const std::uint64_t root_mul = comp_mul_[pulses_];
+        const quad_row* rows = quad_rows_.data();
+        const quad_composition* root_comps = comps + rows[pulses_].start;
+        const std::uint16_t* root_guide = guide + rows[pulses_].guide;
+        const std::uint64_t root_mul = rows[pulses_].mul;
         std::uint64_t* rest = ws.rest.data();
         std::uint32_t* parts = ws.parts.data();
         constexpr std::uint32_t general = 0xffffffffu;  // no composition table for this node
@@ -1196,13 +1206,14 @@ private:
             std::uint64_t mul = root_mul;
             if constexpr (!Root) {
                 const std::size_t k = kin[i];
-                mul = comp_mul_[k];
+                const quad_row qr = rows[k];
+                mul = qr.mul;
                 if (mul == 0) [[unlikely]] {
                     parts[i] = general;
                     continue;
                 }
-                cp = comps + comp_start_[k];
-                gd = guide + comp_guide_start_[k];
+                cp = comps + qr.start;
+                gd = guide + qr.guide;
             }
             std::size_t c = gd[comp_bucket(mul, r)];
             c += static_cast<std::size_t>(cp[c + 1].offset <= r);
@@ -1292,16 +1303,14 @@ private:
         }
         const bool root = quad_level_ == root_;
         const auto compositions = [](std::size_t k) { return (k + 1) * (k + 2) * (k + 3) / 6; };
-        comp_start_.assign(pulses_ + 1, 0);
-        comp_guide_start_.assign(pulses_ + 1, 0);
-        comp_mul_.assign(pulses_ + 1, 0);
+        quad_rows_.assign(pulses_ + 1, quad_row{});
         std::size_t total = 0;
         for (std::size_t k = root ? pulses_ : 0; k <= pulses_; ++k) {
             const std::size_t count = compositions(k);
             total += count;
             if (count > 0xffff || (!root && total > max_quad_compositions)) break;
             const std::uint64_t v = root ? top : l.counts[k * l.limbs];
-            comp_start_[k] = static_cast<std::uint32_t>(comps_.size());
+            quad_rows_[k].start = static_cast<std::uint32_t>(comps_.size());
             std::uint64_t offset = 0;
             for (std::size_t a = 0; a <= k; ++a)
                 for (std::size_t b = 0; a + b <= k; ++b)
@@ -1314,14 +1323,14 @@ private:
                     }
             comps_.push_back({v, 0, 0});
             comps_.push_back({~std::uint64_t{0}, 0, 0});
-            const quad_composition* first = comps_.data() + comp_start_[k];
+            const quad_composition* first = comps_.data() + quad_rows_[k].start;
             // Bucket b holds the last composition whose offset lies in an
             // earlier bucket; the bucket of r is monotone in r, so every r of
             // bucket b has a composition at or after it (only forward steps).
             const std::size_t g = 2 * count;
             const auto mul = static_cast<std::uint64_t>((static_cast<detail::uint128>(g) << 64) / v);
-            comp_mul_[k] = mul;
-            comp_guide_start_[k] = static_cast<std::uint32_t>(comp_guide_.size());
+            quad_rows_[k].mul = mul;
+            quad_rows_[k].guide = static_cast<std::uint32_t>(comp_guide_.size());
             std::size_t c = 0;
             for (std::size_t b = 0; b < g; ++b) {
                 while (c + 1 < count && comp_bucket(mul, first[c + 1].offset) < b) ++c;
@@ -1337,7 +1346,7 @@ private:
             dense_levels_.push_back(lv);
             if (levels_[static_cast<std::size_t>(lv)].n == 4 || levels_[static_cast<std::size_t>(lv)].quad) break;
         }
-        if (dense_levels_.back() == root_ && levels_[static_cast<std::size_t>(root_)].quad && comp_mul_[pulses_] == 0) {
+        if (dense_levels_.back() == root_ && levels_[static_cast<std::size_t>(root_)].quad && quad_rows_[pulses_].mul == 0) {
             dense_levels_.clear();  // a root of 16 whose compositions have no table: the general path
             return;
         }
@@ -1361,7 +1370,17 @@ private:
                 dl.mul.push_back(v > 1 ? m : 0);
                 dl.one.push_back(v == 1 ? ~std::uint64_t{0} : 0);
             }
-            if (d > 0) {  // the root keeps its own guide (row K only)
+            if (d == 0) {  // the root's row K: a guide of forward steps only (as build_quad's)
+                const std::uint64_t* c = l.row(pulses_);
+                const std::size_t g = 4 * (pulses_ + 1);
+                dl.root_mul = static_cast<std::uint64_t>((static_cast<detail::uint128>(g) << 64) / c[pulses_ + 1]);
+                std::size_t j = 0;
+                for (std::size_t b = 0; b < g; ++b) {
+                    while (j < pulses_ && comp_bucket(dl.root_mul, c[j + 1]) < b) ++j;
+                    dl.guide.push_back(static_cast<std::uint8_t>(j));
+                }
+            }
+            if (d > 0) {  // the other levels: a guide per row k
                 const std::size_t kg = std::min<std::size_t>(l.guide_k, pulses_ + 1);
                 dl.rows.resize(pulses_ + 1);
                 for (std::size_t k = 0; k <= pulses_; ++k) {
@@ -1638,7 +1657,7 @@ private:
             return false;
         };
         if (!has_level(4)) return;
-        const std::size_t leaf_pulses = 4 * pulses_ > 8 * dim_ ? 23 : 15;
+        const std::size_t leaf_pulses = 4 * pulses_ > 8 * dim_ ? 23 : (4 * pulses_ <= 3 * dim_ ? 10 : 15);
         const std::size_t kmax = std::min(leaf_pulses, pulses_);
         // Points packed 8 bits per coordinate, lowest coordinate in the low byte.
         using table = std::vector<std::vector<std::uint64_t>>;
@@ -1710,9 +1729,8 @@ private:
     bool quad_exact_ = true;   // quad_division's multiply-high is exact (V(16, K) <= 2^62)
     int quad_level_ = -1;      // their level
     std::vector<quad_composition> comps_;
-    std::vector<std::uint32_t> comp_start_, comp_guide_start_;  // k -> first composition, first bucket
     std::vector<std::uint16_t> comp_guide_;
-    std::vector<std::uint64_t> comp_mul_;  // k -> comp_bucket's multiplier; 0: no table for k
+    std::vector<quad_row> quad_rows_;  // k -> its compositions' table
     std::vector<quad_division> quad_radix_;
 };
 
