@@ -370,9 +370,19 @@ public:
     [[nodiscard]] std::span<float> mutable_token_embedding() noexcept { return token_embedding_; }
     [[nodiscard]] const layer_weights& layer(int l) const noexcept { return layers_[static_cast<std::size_t>(l)]; }
     [[nodiscard]] std::span<const float> rms_final() const noexcept { return rms_final_; }
+    // The RMSNorm weights, writable (fine-tuning stores its updates here, as
+    // a quantizer stores its reconstruction through linears()); [dim] each.
+    // Throws invalid_argument for a layer outside [0, n_layers).
+    [[nodiscard]] std::span<float> mutable_rms_att(int l) { return layers_[layer_slot(l)].rms_att; }
+    [[nodiscard]] std::span<float> mutable_rms_ffn(int l) { return layers_[layer_slot(l)].rms_ffn; }
+    [[nodiscard]] std::span<float> mutable_rms_final() noexcept { return rms_final_; }
     // [vocab, dim]: the token embedding when shared.
     [[nodiscard]] std::span<const float> classifier() const noexcept {
         return config_.shared_classifier ? std::span<const float>(token_embedding_) : classifier_;
+    }
+    // [vocab, dim], writable: the token embedding when shared.
+    [[nodiscard]] std::span<float> mutable_classifier() noexcept {
+        return config_.shared_classifier ? std::span<float>(token_embedding_) : classifier_;
     }
     // The checkpoint's stored RoPE tables [seq_len, head_size / 2], unused by forward (see rope_cos).
     [[nodiscard]] std::span<const float> stored_freq_cis_real() const noexcept { return freq_cis_real_; }
@@ -476,11 +486,15 @@ private:
                (config_.shared_classifier ? 0 : vocab * dim);
     }
 
-    [[nodiscard]] std::size_t linear_index(int layer, linear_kind kind) const {
+    [[nodiscard]] std::size_t layer_slot(int layer) const {
         if (layer < 0 || layer >= config_.n_layers) {
             throw invalid_argument(fmt::format("layer {} outside [0, {})", layer, config_.n_layers));
         }
-        return static_cast<std::size_t>(layer) * linears_per_layer + static_cast<std::size_t>(kind);
+        return static_cast<std::size_t>(layer);
+    }
+
+    [[nodiscard]] std::size_t linear_index(int layer, linear_kind kind) const {
+        return layer_slot(layer) * linears_per_layer + static_cast<std::size_t>(kind);
     }
 
     // Values derived from the configuration, recomputed in one place.
