@@ -20,6 +20,7 @@
 // model_quantizer over all layers at once (shared bits counted once), as the
 // CRVQ rows do, or a calibrated_quantizer that may also run the float model
 // on the calibration set, as pvq-hessian-mix does.
+#include <common/finetune.hpp>
 #include <common/model_eval.hpp>
 
 #include <fmt/format.h>
@@ -53,7 +54,7 @@ std::vector<std::string> split(const std::string& list) {
 constexpr std::string_view usage =
     "usage: model_eval [--data DIR] [--json FILE] [--seed S] [--sequences S] [--length L] [--calibration C]\n"
     "                  [--targets 2,2.5,3,3.25,4] [--methods rtn,gptq-rtn,pvq,pvq-hessian,pvq-hessian-mix,\n"
-    "                   pvq-hessian-mix-seq,crvq-kmeans,crvq-pvq]\n"
+    "                   pvq-hessian-mix-seq,pvq-tuned,crvq-kmeans,crvq-pvq]\n"
     "                  [--embedding] [--damping D] [--threads T] [--layers]\n";
 
 options parse(int argc, char** argv) {
@@ -190,7 +191,9 @@ int main(int argc, char** argv) try {
                    o.run.data_dir.string());
         return 0;
     }
-    std::vector<me::method> methods = me::standard_methods();
+    const auto mix = std::make_shared<me::pvq_hessian_mix>();
+    std::vector<me::method> methods = me::standard_methods(mix);
+    methods.push_back(me::pvq_tuned_method(mix));
     for (const auto& [name, kind] : {std::pair{"crvq-kmeans", svq::crvq_base::kmeans}, std::pair{"crvq-pvq", svq::crvq_base::pvq}})
         methods.push_back({name, nullptr, [kind](std::span<const me::layer_problem> ps, double target) {
                                return me::quantize_crvq(ps, target, kind);

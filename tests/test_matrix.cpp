@@ -256,3 +256,41 @@ TEST_CASE("SQNR: closed form") {
     REQUIRE_THROWS_AS(svq::sqnr_db(x, std::vector<float>{1.0f}), svq::invalid_argument);
     REQUIRE_THROWS_AS(svq::sqnr_db(std::vector<float>{0.0f}, std::vector<float>{0.0f}), svq::invalid_argument);
 }
+
+TEST_CASE("requantize keeps the format and row scales: a decoded matrix comes back unchanged") {
+    const std::size_t rows = 24, cols = 172;  // tail group of 12
+    const std::vector<float> w = svq::examples::gaussian_matrix(rows, cols, 31);
+    for (const bool rotate : {false, true}) {
+        const svq::quantized_matrix q = svq::quantize(w, rows, cols, explicit_config(32, 50, 5, 16, rotate));
+        const std::vector<float> decoded = q.dequantize();
+        INFO("rotate " << rotate);
+        // Its own reconstruction: the same points and gain codes, word for word.
+        const svq::quantized_matrix back = svq::requantize(q, decoded);
+        REQUIRE(back.stored_bits() == q.stored_bits());
+        REQUIRE(back.reference_scale() == q.reference_scale());
+        REQUIRE(std::equal(back.words().begin(), back.words().end(), q.words().begin()));
+        // The original weights under the stored row scales: at most a little
+        // worse than quantize's own row scales (the scales were fitted to w),
+        // and every row scale code is q's.
+        const svq::quantized_matrix again = svq::requantize(q, w);
+        const double own = svq::sqnr_db(w, decoded), kept = svq::sqnr_db(w, again.dequantize());
+        CHECK(kept > own - 0.05);
+        const svq::bit_reader a(q.words()), b(again.words());
+        for (std::size_t r = 0; r < rows; ++r) {
+            const std::size_t at = q.layout().row_bit_offset(r);
+            REQUIRE(a.read(at, 16) == b.read(at, 16));
+        }
+        // A moved weight moves its group: the edit shows in the reconstruction.
+        std::vector<float> edited = decoded;
+        edited[5] += 0.5f;
+        const std::vector<float> e = svq::requantize(q, edited).dequantize();
+        double moved = 0.0;
+        for (std::size_t i = 0; i < 32; ++i) moved += std::abs(e[i] - decoded[i]);
+        CHECK(moved > 0.0);
+    }
+    const svq::quantized_matrix q = svq::quantize(w, rows, cols, explicit_config(32, 50, 5, 16, false));
+    REQUIRE_THROWS_AS(svq::requantize(q, std::vector<float>(rows * cols - 1)), svq::invalid_argument);
+    std::vector<float> bad = w;
+    bad[3] = std::numeric_limits<float>::quiet_NaN();
+    REQUIRE_THROWS_AS(svq::requantize(q, bad), svq::invalid_argument);
+}

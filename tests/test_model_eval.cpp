@@ -3,6 +3,7 @@
 // exact float reference, honest bit counts, and the quantizer hook.
 #include "catch.hpp"
 
+#include "common/finetune.hpp"
 #include "common/model_eval.hpp"
 
 #include <algorithm>
@@ -319,4 +320,47 @@ TEST_CASE("pvq-hessian-mix: bits within budget (recomputed), estimate <= uniform
     CHECK(changed);
     // Without the calibration context the method refuses.
     CHECK_THROWS_AS(one.run(problems, target, {}), svq::invalid_argument);
+
+    // pvq-tuned on the same start: same configurations and bits, the kept
+    // state's holdout loss is what the returned model really scores (recomputed
+    // here from the solution) and never above the start's, thread-independent;
+    // with no steps the start comes back unchanged.
+    me::tune_options t;
+    t.steps = 6;
+    t.batch = 1;
+    t.holdout = 1;
+    t.check_every = 2;
+    t.weight_lr = 0.02;
+    me::tune_report r1, r2;
+    const me::model_solution tuned1 = me::tune_pvq(problems, seq1.matrices, {&model, &calibration, 1, 0.01}, t, &r1);
+    const me::model_solution tuned2 = me::tune_pvq(problems, seq1.matrices, {&model, &calibration, 2, 0.01}, t, &r2);
+    REQUIRE(tuned1.layers.size() == count);
+    REQUIRE(tuned1.norms.has_value());
+    CHECK(r1.holdout_curve.size() == 4);  // the start and steps 2, 4, 6
+    CHECK(r1.best_holdout <= r1.start_holdout);
+    CHECK(r1.holdout_curve == r2.holdout_curve);
+    svq::llama2::model tuned_model = model;
+    for (std::size_t i = 0; i < count; ++i) {
+        CAPTURE(i);
+        CHECK(tuned1.layers[i].stored_bits == seq1.solution.layers[i].stored_bits);
+        CHECK(tuned1.layers[i].weights == tuned2.layers[i].weights);
+        std::copy(tuned1.layers[i].weights.begin(), tuned1.layers[i].weights.end(), tuned_model.linears()[i].weights.begin());
+    }
+    CHECK(tuned1.norms->rms_final == tuned2.norms->rms_final);
+    for (int l = 0; l < model.config().n_layers; ++l) {
+        const auto put = [](std::span<float> dst, const std::vector<float>& src) { std::copy(src.begin(), src.end(), dst.begin()); };
+        put(tuned_model.mutable_rms_att(l), tuned1.norms->rms_att[static_cast<std::size_t>(l)]);
+        put(tuned_model.mutable_rms_ffn(l), tuned1.norms->rms_ffn[static_cast<std::size_t>(l)]);
+    }
+    std::copy(tuned1.norms->rms_final.begin(), tuned1.norms->rms_final.end(), tuned_model.mutable_rms_final().begin());
+    const std::vector<std::vector<int>> holdout(calibration.end() - 1, calibration.end());
+    const svq::llama2::teacher_distributions teacher = svq::llama2::make_teacher(model, holdout);
+    CHECK(svq::llama2::kl_loss(tuned_model, holdout, teacher) == Approx(r1.best_holdout).epsilon(1e-9));
+    t.steps = 0;
+    me::tune_report r0;
+    const me::model_solution same = me::tune_pvq(problems, seq1.matrices, {&model, &calibration, 1, 0.01}, t, &r0);
+    for (std::size_t i = 0; i < count; ++i) CHECK(same.layers[i].weights == seq1.solution.layers[i].weights);
+    CHECK(r0.best_step == 0);
+    t.holdout = 2;  // nothing left to train on
+    CHECK_THROWS_AS(me::tune_pvq(problems, seq1.matrices, {&model, &calibration, 1, 0.01}, t), svq::invalid_argument);
 }

@@ -77,9 +77,18 @@ using layer_quantizer = std::function<layer_solution(const layer_problem& layer,
 
 // Methods that quantize all matrices together (shared codebooks, CRVQ): one
 // solution per layer, in order, and the bits they share, counted once.
+// norms: RMSNorm weights a method re-fitted (pvq-tuned). They are float
+// parameters in every row of the table, quantized or not (never stored bits),
+// so a method may change their values; absent, the float model's stay.
+struct norm_weights {
+    std::vector<std::vector<float>> rms_att, rms_ffn;  // [layer][dim]
+    std::vector<float> rms_final;                      // [dim]
+    std::vector<float> token_embedding;                // empty: the float model's
+};
 struct model_solution {
     std::vector<layer_solution> layers;
     std::size_t shared_bits = 0;
+    std::optional<norm_weights> norms;
 };
 using model_quantizer = std::function<model_solution(std::span<const layer_problem> layers, double target_bpw)>;
 
@@ -576,6 +585,7 @@ struct mix_candidate {
     std::size_t stored_bits = 0;
     matrix_config config;
     double proxy = 0.0;
+    std::shared_ptr<const quantized_matrix> matrix;  // what weights decode from
 };
 
 }  // namespace detail
@@ -660,6 +670,7 @@ inline std::vector<drift_statistics> collect_drift(const llama2::model& float_mo
 struct mix_result {
     model_solution solution;
     std::vector<matrix_config> configs;   // per matrix
+    std::vector<std::shared_ptr<const quantized_matrix>> matrices;  // per matrix, the stored form of solution.layers
     std::vector<double> rates;            // the candidate rate each matrix got
     std::vector<double> sensitivity;      // s_i = KL_i / proxy_i
     std::size_t budget_bits = 0;          // floor(target * weights)
@@ -714,7 +725,8 @@ public:
             try {
                 const config_candidate c = choose_config(p.weights, p.rows, p.cols, p.hessian, todo[t].second, options_.config, g);
                 const quantized_matrix q = quantize(p.weights, p.rows, p.cols, p.hessian, c.config, g);
-                detail::mix_candidate m{todo[t].second, q.dequantize(), q.stored_bits(), q.config(), 0.0};
+                detail::mix_candidate m{todo[t].second, q.dequantize(), q.stored_bits(), q.config(), 0.0,
+                                        std::make_shared<const quantized_matrix>(q)};
                 m.proxy = proxy_loss(p.weights, m.weights, p.rows, p.cols, p.hessian);
                 made[t] = std::move(m);
             } catch (const invalid_argument&) {
@@ -789,11 +801,23 @@ public:
             out.solution.layers.push_back({c.weights, c.stored_bits, fmt::format("{} ({:.2f} bpw slot, s {:.3g})",
                                                                                 to_string(c.config), c.rate, out.sensitivity[i])});
             out.configs.push_back(c.config);
+            out.matrices.push_back(c.matrix);
             out.rates.push_back(c.rate);
             out.estimated_loss += opts[i][pick[i]].loss;
             out.uniform_estimated_loss += opts[i][at_target[i]].loss;
         }
-        if (sequential) sequential_pass(ps, ctx, out);
+        if (sequential) {
+            // The pass depends on the choice, the matrices and Hessians (keys), the float
+            // model and the calibration sequences it runs on, and the damping: cached on those.
+            std::uint64_t h = detail::fingerprint(keys.data(), keys.size() * sizeof(std::uint64_t), model_key);
+            for (std::size_t s = 0; s < std::min(options_.sequential_sequences, ctx.sequences->size()); ++s)
+                h = detail::fingerprint((*ctx.sequences)[s].data(), (*ctx.sequences)[s].size() * sizeof(int), h);
+            h = detail::fingerprint(&ctx.damping, sizeof ctx.damping, h);
+            const std::pair key{h, rate_key(target)};
+            if (const auto it = sequential_.find(key); it != sequential_.end()) return it->second;
+            sequential_pass(ps, ctx, out);
+            sequential_.emplace(key, out);
+        }
         return out;
     }
 
@@ -864,6 +888,7 @@ private:
                                                        m.stored_bits(), s.stored_bits));
                 s.weights = m.dequantize();
                 s.config += ", sequential";
+                out.matrices[i] = std::make_shared<const quantized_matrix>(m);
             });
             for (const std::size_t i : members)
                 std::copy(out.solution.layers[i].weights.begin(), out.solution.layers[i].weights.end(),
@@ -874,6 +899,7 @@ private:
     mix_options options_;
     std::map<std::pair<std::uint64_t, long long>, std::optional<detail::mix_candidate>> candidates_;
     std::map<std::tuple<std::uint64_t, std::uint64_t, std::string, long long>, double> kl_;
+    std::map<std::pair<std::uint64_t, long long>, mix_result> sequential_;  // results of the sequential pass
 };
 
 // The method: a fresh cache per method object (shared by its targets).
@@ -886,9 +912,9 @@ private:
 }
 
 // pvq-hessian-mix (the allocation) and pvq-hessian-mix-seq (the same
-// allocation, then the sequential drift-corrected pass), sharing one cache.
-[[nodiscard]] inline std::vector<method> pvq_hessian_mix_methods(const mix_options& options = {}) {
-    auto state = std::make_shared<pvq_hessian_mix>(options);
+// allocation, then the sequential drift-corrected pass), sharing one cache
+// (`state`; other methods built on the same allocation may share it too).
+[[nodiscard]] inline std::vector<method> pvq_hessian_mix_methods(std::shared_ptr<pvq_hessian_mix> state) {
     std::vector<method> out;
     for (const bool sequential : {false, true})
         out.push_back({sequential ? "pvq-hessian-mix-seq" : "pvq-hessian-mix", nullptr, nullptr,
@@ -898,13 +924,15 @@ private:
     return out;
 }
 
-// rtn, gptq-rtn, pvq, pvq-hessian, pvq-hessian-mix, pvq-hessian-mix-seq.
-[[nodiscard]] inline std::vector<method> standard_methods() {
+// rtn, gptq-rtn, pvq, pvq-hessian, pvq-hessian-mix, pvq-hessian-mix-seq (the
+// last two on `mix`'s cache).
+[[nodiscard]] inline std::vector<method> standard_methods(
+    std::shared_ptr<pvq_hessian_mix> mix = std::make_shared<pvq_hessian_mix>()) {
     std::vector<method> out = {{"rtn", quantize_rtn},
                                {"gptq-rtn", quantize_gptq_rtn},
                                {"pvq", quantize_pvq},
                                {"pvq-hessian", quantize_pvq_hessian}};
-    for (method& m : pvq_hessian_mix_methods()) out.push_back(std::move(m));
+    for (method& m : pvq_hessian_mix_methods(std::move(mix))) out.push_back(std::move(m));
     return out;
 }
 
@@ -1028,6 +1056,7 @@ inline void quantize_model(llama2::model& m, const std::vector<std::vector<doubl
                 fmt::format("{} returned {} weights for {} ({} x {})", q.name, s.weights.size(), p.name, p.rows, p.cols));
     };
     std::size_t shared_bits = 0;
+    bool norms_refit = false;
     if (whole) {
         std::vector<layer_problem> problems;
         for (std::size_t i = 0; i < count; ++i) problems.push_back(problem(i));
@@ -1040,6 +1069,25 @@ inline void quantize_model(llama2::model& m, const std::vector<std::vector<doubl
         for (std::size_t i = 0; i < count; ++i) check(problems[i], all.layers[i]);
         solutions = std::move(all.layers);
         shared_bits = all.shared_bits;
+        if (all.norms) {
+            const norm_weights& n = *all.norms;
+            const int layers = m.config().n_layers;
+            if (n.rms_att.size() != static_cast<std::size_t>(layers) || n.rms_ffn.size() != static_cast<std::size_t>(layers) ||
+                n.rms_final.size() != dim)
+                throw invalid_argument(fmt::format("{} returned norm weights of the wrong shape", q.name));
+            const auto put = [&](std::span<float> dst, const std::vector<float>& src) {
+                if (src.size() != dst.size())
+                    throw invalid_argument(fmt::format("{} returned a norm of {} values, not {}", q.name, src.size(), dst.size()));
+                std::copy(src.begin(), src.end(), dst.begin());
+            };
+            for (int l = 0; l < layers; ++l) {
+                put(m.mutable_rms_att(l), n.rms_att[static_cast<std::size_t>(l)]);
+                put(m.mutable_rms_ffn(l), n.rms_ffn[static_cast<std::size_t>(l)]);
+            }
+            put(m.mutable_rms_final(), n.rms_final);
+            if (!n.token_embedding.empty()) put(m.mutable_token_embedding(), n.token_embedding);
+            norms_refit = true;
+        }
     } else {
         detail::parallel_for(count, threads, [&](std::size_t i) {
             const layer_problem p = problem(i);
@@ -1058,6 +1106,7 @@ inline void quantize_model(llama2::model& m, const std::vector<std::vector<doubl
         row.layer_configs.push_back(
             fmt::format("{}: {}", i < linears.size() ? linears[i].name : "token_embedding", solutions[i].config));
     }
+    if (norms_refit) row.layer_configs.push_back("norms: re-fitted (float, not stored bits)");
     row.bpw = static_cast<double>(row.stored_bits) / static_cast<double>(row.weights);
 }
 

@@ -119,6 +119,11 @@ public:
                            bit_writer& out) const = 0;
     // Gain quantizer of group j (gains normalised by the decoded row scale).
     virtual const scalar_quantizer& gain_quantizer(std::size_t group) const = 0;
+    // Appends x's row with a given row scale code: the points of encode_row's
+    // search, each gain code the nearest level to the optimal gain over the
+    // decoded scale (requantize).
+    virtual void encode_row_with_scale(const float* x, std::uint32_t scale_code, const row_scale_codec& scales,
+                                       bit_writer& out) const = 0;
 };
 
 // Gain quantizer of a group of `dim` weights in a row of `cols`, for gains
@@ -176,6 +181,17 @@ public:
 
     const scalar_quantizer& gain_quantizer(std::size_t group) const override { return quantizer(group); }
 
+    void encode_row_with_scale(const float* x, std::uint32_t scale_code, const row_scale_codec& scales,
+                               bit_writer& out) const override {
+        std::vector<int> y(l_.cols);
+        std::vector<std::uint32_t> codes(l_.groups_per_row());
+        std::vector<double> gains(l_.groups_per_row());
+        search_row(x, y.data(), gains.data());
+        const double stored = scales.decode(scale_code);
+        for (std::size_t j = 0; j < gains.size(); ++j) codes[j] = stored > 0.0 ? quantizer(j).encode(gains[j] / stored) : 0;
+        write_row(scale_code, y.data(), codes.data(), out);
+    }
+
     void decode_row(const bit_reader& in, std::size_t offset, const row_scale_codec& scales,
                     float* out) const override {
         const double s = scales.decode(static_cast<std::uint32_t>(in.read(offset, l_.row_scale_bits)));
@@ -198,18 +214,23 @@ public:
 private:
     // Steps 1-4 of the file comment: points y (cols ints) and gain codes
     // (groups_per_row) of x; returns the row scale code.
-    std::uint32_t plan_row(const float* x, const row_scale_codec& scales, int* y, std::uint32_t* codes) const {
-        const std::size_t groups = l_.groups_per_row();
+    // Each group's point (y: cols ints) and optimal gain (gains: groups_per_row).
+    void search_row(const float* x, int* y, double* gains) const {
         std::vector<double> scratch(pvq_search_scratch_size(l_.group_dim));
-        std::vector<double> gains(groups);
-        double energy = 0.0;
-        for (std::size_t j = 0; j < groups; ++j) {
+        for (std::size_t j = 0; j < l_.groups_per_row(); ++j) {
             const std::size_t first = j * l_.group_dim, dim = group_dim(j);
             pvq_search_dispatch(x + first, nullptr, dim, static_cast<int>(group_pulses(j)), y + first, search_,
                                 scratch.data());
             gains[j] = optimal_gain(x + first, y + first, dim);
-            energy += gains[j] * gains[j];
         }
+    }
+
+    std::uint32_t plan_row(const float* x, const row_scale_codec& scales, int* y, std::uint32_t* codes) const {
+        const std::size_t groups = l_.groups_per_row();
+        std::vector<double> gains(groups);
+        search_row(x, y, gains.data());
+        double energy = 0.0;
+        for (std::size_t j = 0; j < groups; ++j) energy += gains[j] * gains[j];
         double s = std::sqrt(energy / static_cast<double>(l_.cols));
         if (s > 0.0) {
             for (int pass = 0; pass < 3; ++pass) {
@@ -241,7 +262,7 @@ private:
 
     matrix_layout l_;
     search_options search_;
-    // Split-order index (format version 2, kernels/split_index.hpp).
+    // Split-order index (format version 3, kernels/split_index.hpp).
     pvq_split_index full_;
     std::optional<pvq_split_index> tail_;
     scalar_quantizer gain_;
@@ -381,5 +402,31 @@ inline quantized_matrix quantize(std::span<const float> w, std::size_t rows, std
 }
 
 inline std::vector<float> dequantize(const quantized_matrix& q) { return q.dequantize(); }
+
+// Encodes w (rows x cols, row-major, finite) in the format of `like`: the same
+// configuration, reference scale and row scales (their stored codes, so the
+// same bits), with every group's point and gain code chosen again for w
+// (quantize's search; the gain code nearest the optimal gain over the stored
+// row scale). For quantization-aware fine-tuning, which keeps latent weights
+// and encodes them again at every step, and for re-encoding an edited matrix.
+// Throws svq::invalid_argument for a shape other than like's or a non-finite weight.
+inline quantized_matrix requantize(const quantized_matrix& like, std::span<const float> w) {
+    detail::check_matrix(w, like.rows(), like.cols(), "requantize");
+    const matrix_layout& layout = like.layout();
+    const detail::row_scale_codec scales{layout.row_scale_bits, like.reference_scale()};
+    const auto coder = detail::make_row_coder(layout, like.config().search);
+    std::optional<hadamard_rotation> rotation;
+    if (like.config().rotate) rotation.emplace(like.cols(), like.config().seed);
+    const bit_reader stored(like.words());
+    bit_writer out;
+    std::vector<float> row(like.cols()), scratch(rotation ? rotation->scratch_size() : 0);
+    for (std::size_t r = 0; r < like.rows(); ++r) {
+        std::copy_n(w.data() + r * like.cols(), like.cols(), row.data());
+        if (rotation) rotation->forward(row, scratch);
+        const auto code = static_cast<std::uint32_t>(stored.read(layout.row_bit_offset(r), layout.row_scale_bits));
+        coder->encode_row_with_scale(row.data(), code, scales, out);
+    }
+    return quantized_matrix(like.rows(), like.cols(), like.config(), like.reference_scale(), std::move(out).take());
+}
 
 }  // namespace svq
