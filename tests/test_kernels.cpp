@@ -17,6 +17,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <set>
@@ -373,6 +374,13 @@ TEST_CASE("dense unrank == the plain definition on random indices (one-word conf
     }
 }
 
+// Random indices per configuration of the dense-walk check: 4,000, or
+// SVQ_KERNEL_CHECK_COUNT (the benchmark-sized check: 10000000, docs/performance.md).
+static std::size_t random_count() {
+    const char* v = std::getenv("SVQ_KERNEL_CHECK_COUNT");
+    return v != nullptr ? static_cast<std::size_t>(std::strtoull(v, nullptr, 10)) : 4000;
+}
+
 // The composition offsets of a four-way node of 16 with k pulses, computed
 // here from the counts alone: the first index of every composition
 // (k1, k2, k3, k4) in lexicographic order, then V(16, k).
@@ -433,7 +441,7 @@ TEST_CASE("four-way nodes of 16: composition order, exhaustive for small K") {
     }
 }
 
-TEST_CASE("dense walk == the plain definition at every composition and root boundary") {
+TEST_CASE("dense walk == the plain definition at every composition and root boundary", "[dense]") {
     struct nk {
         std::size_t n, k;
     };
@@ -460,7 +468,8 @@ TEST_CASE("dense walk == the plain definition at every composition and root boun
             for (const std::uint64_t e : {b - 1, b, b + 1})
                 if (e < v) index.push_back(e);  // 0 - 1 wraps above V: skipped
         std::mt19937_64 rng(c.n * 7919 + c.k);
-        while (index.size() < bounds.size() * 3 + 4000) index.push_back(random_index(ix, rng)[0]);
+        const std::size_t randoms = random_count();
+        while (index.size() < bounds.size() * 3 + randoms) index.push_back(random_index(ix, rng)[0]);
         const std::size_t total = index.size();
         std::vector<std::int8_t> got(total * c.n, 99);
         svq::pvq_split_index::dense_workspace ws;

@@ -43,11 +43,11 @@
 namespace svq::model_eval {
 
 struct tune_options {
-    std::size_t steps = 300;
-    std::size_t batch = 8;         // calibration sequences per step
+    std::size_t steps = 600;
+    std::size_t batch = 16;        // calibration sequences per step
     std::size_t holdout = 8;       // last calibration sequences: the loss that picks the kept state
     std::size_t check_every = 25;  // steps between holdout checks
-    double weight_lr = 2e-3;       // Adam step of the latent weights, in units of each matrix's RMS
+    double weight_lr = 5e-3;       // Adam step of the latent weights, in units of each matrix's RMS
     double norm_lr = 2e-3;         // Adam step of the norm weights, in units of each norm's mean |value|
     bool tune_norms = true;
     bool tune_embedding = false;  // also the float token embedding (= classifier), as a norm
@@ -165,10 +165,9 @@ inline double mean_abs(std::span<const float> w) {
     const std::size_t train = calibration.size() - o.holdout;
     const std::vector<std::vector<int>> holdout(calibration.begin() + static_cast<std::ptrdiff_t>(train),
                                                 calibration.end());
-    const llama2::teacher_distributions teacher = llama2::make_teacher(float_model, calibration, ctx.threads);
-    llama2::teacher_distributions holdout_teacher{teacher.vocab_size, {}};
-    holdout_teacher.log_probs.assign(teacher.log_probs.begin() + static_cast<std::ptrdiff_t>(train),
-                                     teacher.log_probs.end());
+    // The teacher of each batch is computed when it is used (a forward pass of
+    // the float model): a large calibration set needs no table of them all.
+    const llama2::teacher_distributions holdout_teacher = llama2::make_teacher(float_model, holdout, ctx.threads);
 
     struct state {
         std::vector<std::shared_ptr<const quantized_matrix>> matrices;
@@ -187,13 +186,9 @@ inline double mean_abs(std::span<const float> w) {
 
     const llama2::gradient_options gopt{ctx.threads, embedding || float_embedding};
     std::vector<std::vector<int>> batch(o.batch);
-    llama2::teacher_distributions batch_teacher{teacher.vocab_size, std::vector<std::vector<double>>(o.batch)};
     for (std::size_t t = 1; t <= o.steps; ++t) {
-        for (std::size_t b = 0; b < o.batch; ++b) {
-            const std::size_t s = ((t - 1) * o.batch + b) % train;
-            batch[b] = calibration[s];
-            batch_teacher.log_probs[b] = teacher.log_probs[s];
-        }
+        for (std::size_t b = 0; b < o.batch; ++b) batch[b] = calibration[((t - 1) * o.batch + b) % train];
+        const llama2::teacher_distributions batch_teacher = llama2::make_teacher(float_model, batch, ctx.threads);
         const llama2::kl_gradient_result<float> g = llama2::kl_loss_gradients<float>(m, batch, batch_teacher, gopt);
         const double decay = 0.5 * (1.0 + std::cos(std::numbers::pi * static_cast<double>(t - 1) / static_cast<double>(o.steps)));
         for (std::size_t i = 0; i < ps.size(); ++i) {

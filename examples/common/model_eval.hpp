@@ -944,7 +944,7 @@ struct run_options {
     std::uint64_t seed = 1;          // evaluation set: seed; calibration set: seed + calibration_seed_offset
     int sequences = 64;              // sampled evaluation sequences
     int length = 256;                // tokens per sampled sequence (BOS included)
-    int calibration_sequences = 64;  // sampled calibration sequences, same length
+    int calibration_sequences = 1024;  // sampled calibration sequences, same length (pvq-tuned trains on them)
     std::vector<double> targets = {2.0, 2.5, 3.0, 3.25, 4.0};
     std::vector<std::string> methods;  // names to run; empty: all given
     bool embedding = false;            // also rows with the token embedding (= classifier) quantized
