@@ -9,6 +9,7 @@
 //   model_eval [--data DIR] [--json FILE] [--seed S] [--sequences S] [--length L]
 //              [--calibration C] [--targets 2,2.5,3,3.25,4] [--methods rtn,pvq,...]
 //              [--embedding] [--damping D] [--threads T] [--layers]
+//              [--tune-steps N] [--tune-batch B] [--tune-lr R] [--tune-embedding] [--tune-scales]
 //
 // Columns: bpw = every stored bit / quantized weights (over all quantized
 // matrices); ppl on the real text (README protocol) and on the sampled
@@ -40,6 +41,7 @@ namespace me = svq::model_eval;
 
 struct options {
     me::run_options run;
+    me::tune_options tune;
     std::optional<std::string> json;
     bool print_layers = false;
 };
@@ -56,7 +58,8 @@ constexpr std::string_view usage =
     "usage: model_eval [--data DIR] [--json FILE] [--seed S] [--sequences S] [--length L] [--calibration C]\n"
     "                  [--targets 2,2.5,3,3.25,4] [--methods rtn,gptq-rtn,pvq,pvq-hessian,pvq-hessian-mix,\n"
     "                   pvq-hessian-mix-seq,pvq-tuned,crvq-kmeans,crvq-pvq]\n"
-    "                  [--embedding] [--damping D] [--threads T] [--layers]\n";
+    "                  [--embedding] [--damping D] [--threads T] [--layers]\n"
+    "                  [--tune-steps 600] [--tune-batch 16] [--tune-lr 5e-3] [--tune-embedding] [--tune-scales]\n";
 
 options parse(int argc, char** argv) {
     options o;
@@ -83,6 +86,16 @@ options parse(int argc, char** argv) {
         else if (a == "--damping") o.run.damping = std::stod(value());
         else if (a == "--embedding") o.run.embedding = true;
         else if (a == "--layers") o.print_layers = true;
+        else if (a == "--tune-steps") o.tune.steps = static_cast<std::size_t>(count(a));
+        else if (a == "--tune-batch") o.tune.batch = static_cast<std::size_t>(count(a));
+        else if (a == "--tune-lr") {
+            const std::string v = value();
+            o.tune.weight_lr = std::stod(v);
+            if (!(o.tune.weight_lr > 0.0 && o.tune.weight_lr < 1.0))
+                throw svq::invalid_argument(fmt::format("--tune-lr = {} must be in (0, 1)", v));
+        }
+        else if (a == "--tune-embedding") o.tune.tune_embedding = true;
+        else if (a == "--tune-scales") o.tune.keep_row_scales = false;
         else if (a == "--methods") o.run.methods = split(value());
         else if (a == "--targets") {
             o.run.targets.clear();
@@ -194,7 +207,7 @@ int main(int argc, char** argv) try {
     }
     const auto mix = std::make_shared<me::pvq_hessian_mix>();
     std::vector<me::method> methods = me::standard_methods(mix);
-    methods.push_back(me::pvq_tuned_method(mix));
+    methods.push_back(me::pvq_tuned_method(mix, o.tune));
     for (const auto& [name, kind] : {std::pair{"crvq-kmeans", svq::crvq_base::kmeans}, std::pair{"crvq-pvq", svq::crvq_base::pvq}})
         methods.push_back({name, nullptr, [kind](std::span<const me::layer_problem> ps, double target) {
                                return me::quantize_crvq(ps, target, kind);

@@ -356,6 +356,13 @@ TEST_CASE("pvq-hessian-mix: bits within budget (recomputed), estimate <= uniform
     const std::vector<std::vector<int>> holdout(calibration.end() - 1, calibration.end());
     const svq::llama2::teacher_distributions teacher = svq::llama2::make_teacher(model, holdout);
     CHECK(svq::llama2::kl_loss(tuned_model, holdout, teacher) == Approx(r1.best_holdout).epsilon(1e-9));
+    // Row scales re-planned each step: still the same configurations and bits.
+    t.keep_row_scales = false;
+    me::tune_report rs;
+    const me::model_solution replanned = me::tune_pvq(problems, seq1.matrices, {&model, &calibration, 1, 0.01}, t, &rs);
+    CHECK(rs.best_holdout <= rs.start_holdout);
+    for (std::size_t i = 0; i < count; ++i) CHECK(replanned.layers[i].stored_bits == seq1.solution.layers[i].stored_bits);
+    t.keep_row_scales = true;
     t.steps = 0;
     me::tune_report r0;
     const me::model_solution same = me::tune_pvq(problems, seq1.matrices, {&model, &calibration, 1, 0.01}, t, &r0);

@@ -51,6 +51,7 @@ struct tune_options {
     double norm_lr = 2e-3;         // Adam step of the norm weights, in units of each norm's mean |value|
     bool tune_norms = true;
     bool tune_embedding = false;  // also the float token embedding (= classifier), as a norm
+    bool keep_row_scales = true;  // false: every step re-plans the row scales from the latent weights too
 };
 
 // What tuning did, for the report and the tests.
@@ -208,7 +209,9 @@ inline double mean_abs(std::span<const float> w) {
                 norm_adam[k].update(norms[k], *ng[k], o.norm_lr * norm_scale[k] * decay, t);
         }
         detail::parallel_for(ps.size(), ctx.threads, [&](std::size_t i) {
-            current[i] = std::make_shared<const quantized_matrix>(requantize(*current[i], latent[i]));
+            const quantized_matrix& q = *current[i];
+            current[i] = std::make_shared<const quantized_matrix>(
+                o.keep_row_scales ? requantize(q, latent[i]) : quantize(latent[i], q.rows(), q.cols(), q.config()));
             current[i]->dequantize(slot[i]);
         });
         if (t % o.check_every == 0 || t == o.steps) {
