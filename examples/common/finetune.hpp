@@ -12,7 +12,8 @@
 //      weight_lr times the matrix's RMS, cosine-decayed;
 //   3. every matrix is encoded again from L in its own format (svq::requantize:
 //      same configuration, reference and row scales, so the same stored bits;
-//      new points and gain codes);
+//      new points and gain codes; keep_row_scales = false: svq::quantize with
+//      the same configuration, row scales re-planned, still the same bits);
 //   4. the RMSNorm weights (float parameters of every row of the table, not
 //      stored bits) take an Adam step too (norm_lr).
 // Every check_every steps the loss on the last `holdout` calibration
