@@ -347,12 +347,7 @@ TEST_CASE("pvq-hessian-mix: bits within budget (recomputed), estimate <= uniform
         std::copy(tuned1.layers[i].weights.begin(), tuned1.layers[i].weights.end(), tuned_model.linears()[i].weights.begin());
     }
     CHECK(tuned1.norms->rms_final == tuned2.norms->rms_final);
-    for (int l = 0; l < model.config().n_layers; ++l) {
-        const auto put = [](std::span<float> dst, const std::vector<float>& src) { std::copy(src.begin(), src.end(), dst.begin()); };
-        put(tuned_model.mutable_rms_att(l), tuned1.norms->rms_att[static_cast<std::size_t>(l)]);
-        put(tuned_model.mutable_rms_ffn(l), tuned1.norms->rms_ffn[static_cast<std::size_t>(l)]);
-    }
-    std::copy(tuned1.norms->rms_final.begin(), tuned1.norms->rms_final.end(), tuned_model.mutable_rms_final().begin());
+    me::apply_norms(tuned_model, *tuned1.norms, "pvq-tuned");
     const std::vector<std::vector<int>> holdout(calibration.end() - 1, calibration.end());
     const svq::llama2::teacher_distributions teacher = svq::llama2::make_teacher(model, holdout);
     CHECK(svq::llama2::kl_loss(tuned_model, holdout, teacher) == Approx(r1.best_holdout).epsilon(1e-9));

@@ -1013,6 +1013,26 @@ struct table {
            std::filesystem::exists(dir / "tinystories_valid_sample.txt");
 }
 
+// Writes a method's re-fitted norm weights (and token embedding, when it has
+// one) into m. Throws svq::invalid_argument, naming `who`, for a wrong shape.
+inline void apply_norms(llama2::model& m, const norm_weights& n, std::string_view who) {
+    const auto layers = static_cast<std::size_t>(m.config().n_layers);
+    if (n.rms_att.size() != layers || n.rms_ffn.size() != layers)
+        throw invalid_argument(fmt::format("{} returned norm weights for {} and {} layers, not {}", who, n.rms_att.size(),
+                                           n.rms_ffn.size(), layers));
+    const auto put = [&](std::span<float> dst, const std::vector<float>& src) {
+        if (src.size() != dst.size())
+            throw invalid_argument(fmt::format("{} returned a norm of {} values, not {}", who, src.size(), dst.size()));
+        std::copy(src.begin(), src.end(), dst.begin());
+    };
+    for (std::size_t l = 0; l < layers; ++l) {
+        put(m.mutable_rms_att(static_cast<int>(l)), n.rms_att[l]);
+        put(m.mutable_rms_ffn(static_cast<int>(l)), n.rms_ffn[l]);
+    }
+    put(m.mutable_rms_final(), n.rms_final);
+    if (!n.token_embedding.empty()) put(m.mutable_token_embedding(), n.token_embedding);
+}
+
 // Quantizes every linear layer of `m` (and the embedding when asked) with q at
 // target bpw, in place; returns the row's bit count, weights and configs.
 inline void quantize_model(llama2::model& m, const std::vector<std::vector<double>>& hessians, const method& q,
@@ -1070,22 +1090,7 @@ inline void quantize_model(llama2::model& m, const std::vector<std::vector<doubl
         solutions = std::move(all.layers);
         shared_bits = all.shared_bits;
         if (all.norms) {
-            const norm_weights& n = *all.norms;
-            const int layers = m.config().n_layers;
-            if (n.rms_att.size() != static_cast<std::size_t>(layers) || n.rms_ffn.size() != static_cast<std::size_t>(layers) ||
-                n.rms_final.size() != dim)
-                throw invalid_argument(fmt::format("{} returned norm weights of the wrong shape", q.name));
-            const auto put = [&](std::span<float> dst, const std::vector<float>& src) {
-                if (src.size() != dst.size())
-                    throw invalid_argument(fmt::format("{} returned a norm of {} values, not {}", q.name, src.size(), dst.size()));
-                std::copy(src.begin(), src.end(), dst.begin());
-            };
-            for (int l = 0; l < layers; ++l) {
-                put(m.mutable_rms_att(l), n.rms_att[static_cast<std::size_t>(l)]);
-                put(m.mutable_rms_ffn(l), n.rms_ffn[static_cast<std::size_t>(l)]);
-            }
-            put(m.mutable_rms_final(), n.rms_final);
-            if (!n.token_embedding.empty()) put(m.mutable_token_embedding(), n.token_embedding);
+            apply_norms(m, *all.norms, q.name);
             norms_refit = true;
         }
     } else {

@@ -377,6 +377,27 @@ private:
     std::optional<hadamard_rotation> rotation_;
 };
 
+namespace detail {
+
+// The words of w (rows x cols, row-major, checked) encoded row by row:
+// encode(r, row, out) appends row r, rotated first when config.rotate.
+template <class Encode>
+std::vector<std::uint64_t> encode_rows(std::span<const float> w, std::size_t rows, std::size_t cols,
+                                       const matrix_config& config, Encode&& encode) {
+    std::optional<hadamard_rotation> rotation;
+    if (config.rotate) rotation.emplace(cols, config.seed);
+    bit_writer out;
+    std::vector<float> row(cols), scratch(rotation ? rotation->scratch_size() : 0);
+    for (std::size_t r = 0; r < rows; ++r) {
+        std::copy_n(w.data() + r * cols, cols, row.data());
+        if (rotation) rotation->forward(row, scratch);
+        encode(r, static_cast<const float*>(row.data()), out);
+    }
+    return std::move(out).take();
+}
+
+}  // namespace detail
+
 // Quantizes a row-major rows x cols matrix with an explicit configuration.
 // Throws svq::invalid_argument for an empty or ragged shape, a non-finite
 // weight (naming its row, column and value) or a bad configuration, and
@@ -388,17 +409,10 @@ inline quantized_matrix quantize(std::span<const float> w, std::size_t rows, std
     const float ref = detail::reference_scale(w, rows, cols);
     const detail::row_scale_codec scales{layout.row_scale_bits, ref};
     const auto coder = detail::make_row_coder(layout, config.search);
-    std::optional<hadamard_rotation> rotation;
-    if (config.rotate) rotation.emplace(cols, config.seed);
-
-    bit_writer out;
-    std::vector<float> row(cols), scratch(rotation ? rotation->scratch_size() : 0);
-    for (std::size_t r = 0; r < rows; ++r) {
-        std::copy_n(w.data() + r * cols, cols, row.data());
-        if (rotation) rotation->forward(row, scratch);
-        coder->encode_row(row.data(), scales, out);
-    }
-    return quantized_matrix(rows, cols, config, ref, std::move(out).take());
+    return quantized_matrix(rows, cols, config, ref,
+                            detail::encode_rows(w, rows, cols, config, [&](std::size_t, const float* row, bit_writer& out) {
+                                coder->encode_row(row, scales, out);
+                            }));
 }
 
 inline std::vector<float> dequantize(const quantized_matrix& q) { return q.dequantize(); }
@@ -415,18 +429,13 @@ inline quantized_matrix requantize(const quantized_matrix& like, std::span<const
     const matrix_layout& layout = like.layout();
     const detail::row_scale_codec scales{layout.row_scale_bits, like.reference_scale()};
     const auto coder = detail::make_row_coder(layout, like.config().search);
-    std::optional<hadamard_rotation> rotation;
-    if (like.config().rotate) rotation.emplace(like.cols(), like.config().seed);
     const bit_reader stored(like.words());
-    bit_writer out;
-    std::vector<float> row(like.cols()), scratch(rotation ? rotation->scratch_size() : 0);
-    for (std::size_t r = 0; r < like.rows(); ++r) {
-        std::copy_n(w.data() + r * like.cols(), like.cols(), row.data());
-        if (rotation) rotation->forward(row, scratch);
-        const auto code = static_cast<std::uint32_t>(stored.read(layout.row_bit_offset(r), layout.row_scale_bits));
-        coder->encode_row_with_scale(row.data(), code, scales, out);
-    }
-    return quantized_matrix(like.rows(), like.cols(), like.config(), like.reference_scale(), std::move(out).take());
+    return quantized_matrix(
+        like.rows(), like.cols(), like.config(), like.reference_scale(),
+        detail::encode_rows(w, like.rows(), like.cols(), like.config(), [&](std::size_t r, const float* row, bit_writer& out) {
+            const auto code = static_cast<std::uint32_t>(stored.read(layout.row_bit_offset(r), layout.row_scale_bits));
+            coder->encode_row_with_scale(row, code, scales, out);
+        }));
 }
 
 }  // namespace svq
