@@ -522,6 +522,125 @@ TEST_CASE("speed configurations: index in one word, dense decode bit for bit lik
     }
 }
 
+// The integer-stage rotation (matrix/quantized_matrix.hpp) written out plainly
+// from the row's points and gains: z = H_N y exactly in integers, factor
+// float(gain / sqrt(||y||^2 n)), float(z) * factor, the float butterfly stages
+// half = N .. n/2 in ascending order, then the signs.
+std::vector<float> integer_stage_oracle(const svq::quantized_matrix& q) {
+    const svq::matrix_layout& l = q.layout();
+    const std::size_t n = l.cols, dim = l.group_dim;
+    const auto coder = svq::detail::make_row_coder(l, q.config().search);
+    const svq::detail::row_scale_codec scales{l.row_scale_bits, q.reference_scale()};
+    const svq::hadamard_rotation rotation(n, q.config().seed);
+    const std::span<const float> signs = rotation.signs();
+    std::vector<float> out(l.rows * n);
+    std::vector<int> y(n);
+    std::vector<double> gains(l.groups_per_row());
+    for (std::size_t r = 0; r < l.rows; ++r) {
+        coder->decode_points(svq::bit_reader(q.words()), l.row_bit_offset(r), scales, y.data(), gains.data());
+        float* w = out.data() + r * n;
+        for (std::size_t j = 0; j < l.groups_per_row(); ++j) {
+            int* z = y.data() + j * dim;
+            long long e = 0;
+            for (std::size_t i = 0; i < dim; ++i) e += static_cast<long long>(z[i]) * z[i];
+            for (std::size_t half = 1; half < dim; half *= 2)
+                for (std::size_t b = 0; b < dim; b += 2 * half)
+                    for (std::size_t i = b; i < b + half; ++i) {
+                        const int a = z[i], c = z[i + half];
+                        z[i] = a + c;
+                        z[i + half] = a - c;
+                    }
+            const auto factor = static_cast<float>(gains[j] / std::sqrt(static_cast<double>(e) * static_cast<double>(n)));
+            for (std::size_t i = 0; i < dim; ++i) w[j * dim + i] = static_cast<float>(z[i]) * factor;
+        }
+        for (std::size_t half = dim; half < n; half *= 2)
+            for (std::size_t b = 0; b < n; b += 2 * half)
+                for (std::size_t i = b; i < b + half; ++i) {
+                    const float a = w[i], c = w[i + half];
+                    w[i] = a + c;
+                    w[i + half] = a - c;
+                }
+        for (std::size_t i = 0; i < n; ++i) w[i] *= signs[i];
+    }
+    return out;
+}
+
+TEST_CASE("integer-stage rotation: where it applies, and every decoder computes it bit for bit") {
+    {
+        const auto applies = [](std::size_t cols, const svq::matrix_config& c) {
+            const svq::matrix_layout l = svq::make_layout(4, cols, c);
+            const svq::hadamard_rotation rot(cols, c.seed);
+            return svq::detail::integer_stage_rotation(l, c.rotate ? &rot : nullptr);
+        };
+        REQUIRE(applies(256, explicit_config(16, 22, 3, 16, true)));
+        REQUIRE(applies(256, explicit_config(128, 187, 3, 16, true)));
+        REQUIRE_FALSE(applies(256, explicit_config(16, 22, 3, 16, false)));  // not rotated
+        REQUIRE_FALSE(applies(300, explicit_config(16, 22, 3, 16, true)));   // two rotation blocks, a tail group
+        REQUIRE_FALSE(applies(384, explicit_config(16, 22, 3, 16, true)));   // 3 x 128: a dense factor
+        REQUIRE_FALSE(applies(256, explicit_config(12, 19, 3, 16, true)));   // N not a power of two
+    }
+    const std::size_t rows = 6;
+    // AVX-512 dense bodies (N = 16, 32; a single fused pass at 64 and 256 columns,
+    // two passes at 1024), the portable dense body (N = 8; N = 16 at 32 columns),
+    // a binary root above four-way nodes (N = 64) and the general path (N = 128).
+    const std::vector<std::pair<std::size_t, svq::matrix_config>> cases = {
+        {64, explicit_config(16, 22, 3, 16, true)},   {256, explicit_config(16, 22, 3, 16, true)},
+        {1024, explicit_config(16, 46, 4, 16, true)}, {256, explicit_config(32, 21, 1, 16, true)},
+        {2048, explicit_config(32, 21, 2, 8, true)},  {32, explicit_config(16, 10, 2, 16, true)},
+        {256, explicit_config(8, 11, 2, 16, true)},   {512, explicit_config(64, 6, 2, 16, true)},
+        {256, explicit_config(128, 187, 3, 16, true)}, {1024, explicit_config(128, 83, 1, 8, true)}};
+    for (const auto& [cols, c] : cases) {
+        INFO(cols << " columns, " << svq::to_string(c));
+        const std::vector<float> w = svq::examples::gaussian_matrix(rows, cols, 31 + cols);
+        const svq::quantized_matrix q = svq::quantize(w, rows, cols, c);
+        const svq::hadamard_rotation rot(cols, c.seed);
+        REQUIRE(svq::detail::integer_stage_rotation(q.layout(), &rot));
+        const std::vector<float> ref = q.dequantize();
+        const std::vector<float> oracle = integer_stage_oracle(q);
+        REQUIRE(std::memcmp(ref.data(), oracle.data(), ref.size() * sizeof(float)) == 0);
+        const svq::matrix_decoder dec(q);
+        std::vector<float> one(ref.size(), -1.0f), two(ref.size(), -2.0f), row(cols);
+        dec.dequantize(one);
+        dec.dequantize(two, 2);
+        REQUIRE(std::memcmp(one.data(), ref.data(), ref.size() * sizeof(float)) == 0);
+        REQUIRE(std::memcmp(two.data(), ref.data(), ref.size() * sizeof(float)) == 0);
+        q.decode_row(rows - 1, row);
+        REQUIRE(std::memcmp(row.data(), ref.data() + (rows - 1) * cols, cols * sizeof(float)) == 0);
+        // Against the exact value R^T (rotated-domain row) in double: a few float roundings.
+        std::vector<double> exact(cols);
+        for (std::size_t r = 0; r < rows; ++r) {
+            dec.decode_row_rotated(r, row.data());
+            double largest = 0.0;
+            for (std::size_t i = 0; i < cols; ++i) {
+                exact[i] = row[i];
+                largest = std::max(largest, std::abs(exact[i]));
+            }
+            rot.inverse(std::span<double>(exact));
+            for (std::size_t i = 0; i < cols; ++i)
+                REQUIRE(std::abs(exact[i] - ref[r * cols + i]) <= 1e-6 * largest * std::sqrt(double(cols)));
+        }
+    }
+}
+
+TEST_CASE("dequantize of an 8 MB output (rows streamed out during the next row's walk) == quantized_matrix") {
+    const std::size_t rows = 512, cols = 4096;  // rows * cols * 4 bytes = svq::detail::stream_bytes
+    REQUIRE(rows * cols * sizeof(float) >= svq::detail::stream_bytes);
+    const std::vector<float> w = svq::examples::gaussian_matrix(rows, cols, 41);
+    for (const auto& c : {explicit_config(16, 22, 3, 16, true), explicit_config(32, 21, 1, 16, true),
+                          explicit_config(16, 46, 4, 16, false)}) {
+        INFO(svq::to_string(c));
+        const svq::quantized_matrix q = svq::quantize(w, rows, cols, c);
+        const svq::matrix_decoder dec(q);
+        REQUIRE(dec.full_index().dense());
+        const std::vector<float> ref = q.dequantize();
+        std::vector<float> one(ref.size(), -1.0f), two(ref.size(), -2.0f);
+        dec.dequantize(one);
+        dec.dequantize(two, 2);
+        REQUIRE(std::memcmp(one.data(), ref.data(), ref.size() * sizeof(float)) == 0);
+        REQUIRE(std::memcmp(two.data(), ref.data(), ref.size() * sizeof(float)) == 0);
+    }
+}
+
 TEST_CASE("max_index_bits lowers K until the index fits, for every candidate") {
     const std::size_t rows = 8, cols = 256;
     for (const double bpw : {2.0, 4.0, 6.0}) {

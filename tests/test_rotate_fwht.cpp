@@ -124,6 +124,50 @@ TEST_CASE("fwht SIMD body equals the scalar body bit for bit") {
     }
 }
 
+TEST_CASE("hadamard stages from any first stage: SIMD body == scalar body, and == the transform's tail") {
+    INFO("xsimd architecture: " << svq::simd::arch_name());
+    for (std::size_t n = 1; n <= 8192; n *= 2) {
+        const std::vector<float> input = random_values<float>(n, 6000 + n, true);
+        const std::vector<float> post = random_values<float>(n, 7000 + n);
+        for (std::size_t first = 1; first <= n; first *= 2) {
+            for (const bool with_post : {false, true}) {
+                CAPTURE(n, first, with_post);
+                const float* p = with_post ? post.data() : nullptr;
+                std::vector<float> scalar = input, vectorized = input, dispatched = input;
+                svq::detail::hadamard_stages_scalar(scalar.data(), n, first, p);
+                if constexpr (svq::simd::has_simd)
+                    svq::detail::hadamard_stages_kernel(svq::simd::default_arch{}, vectorized.data(), n, first, p);
+                else
+                    svq::detail::hadamard_stages(vectorized.data(), n, first, p);
+                svq::detail::hadamard_stages(dispatched.data(), n, first, p);
+                REQUIRE(std::memcmp(scalar.data(), vectorized.data(), n * sizeof(float)) == 0);
+                REQUIRE(std::memcmp(scalar.data(), dispatched.data(), n * sizeof(float)) == 0);
+                // The definition: stages first, 2 first, ... of H (an exact oracle in double on
+                // small integers: every value stays an integer below 2^24).
+                if (!with_post && n <= 1024) {
+                    std::vector<float> ints(n);
+                    for (std::size_t i = 0; i < n; ++i) ints[i] = static_cast<float>(static_cast<int>(i % 7) - 3);
+                    std::vector<float> got = ints;
+                    svq::detail::hadamard_stages(got.data(), n, first, static_cast<const float*>(nullptr));
+                    // Stages from `first` on = H_(n/first) (x) I_first: out[i] = sum_j H[i/first][j/first] x[j] over
+                    // j with j % first == i % first.
+                    for (std::size_t i = 0; i < n; ++i) {
+                        double e = 0.0;
+                        for (std::size_t j = i % first; j < n; j += first) e += sylvester(i / first, j / first) * ints[j];
+                        REQUIRE(static_cast<double>(got[i]) == e);
+                    }
+                }
+            }
+        }
+        // first = 1 and the scale: the orthonormal transform, bit for bit.
+        std::vector<float> stages = input, whole = input;
+        svq::detail::hadamard_stages(stages.data(), n, 1, static_cast<const float*>(nullptr));
+        for (float& v : stages) v *= svq::detail::fwht_scale<float>(n);
+        svq::fwht(whole);
+        REQUIRE(std::memcmp(stages.data(), whole.data(), n * sizeof(float)) == 0);
+    }
+}
+
 TEST_CASE("fwht of a unit vector is a scaled Hadamard column") {
     // Exact in float: every output is +-1/32 (2^-5), a power of two.
     const std::size_t n = 1024;

@@ -124,19 +124,16 @@ private:
     std::size_t n_ = 0, done_ = 0;
 };
 
-// Dense path: int8 pulses -> floats, the reference decoder's (group j's
-// factor float(row_levels[codes[j]] / sqrt(E_j)) with row_levels[c] =
-// s * levels[c], the product detail::group_factor forms first, then
-// float(y_i) * factor). y8: groups * n int8, out: groups * n floats.
-// stream: null, or a row to stream n floats of per group.
-inline void scale_dense_groups8_scalar(const std::int8_t* y8, const std::uint32_t* codes, const double* row_levels,
-                                       std::size_t groups, std::size_t n, float* out, row_streamer* stream) noexcept {
-    for (std::size_t j = 0; j < groups; ++j, y8 += n, out += n) {
-        if (stream != nullptr) stream->step(n);
-        std::int32_t e = 0;
+// Dense path, the groups' factors: group j's float(row_levels[codes[j]] /
+// sqrt(E_j * norm)) with row_levels[c] = s * levels[c] (the product
+// detail::group_factor forms first) and E_j the energy of its int8 pulses
+// (y8: groups * n), norm 1 or the row length (group_factor_of).
+inline void dense_factors_scalar(const std::int8_t* y8, const std::uint32_t* codes, const double* row_levels,
+                                 std::size_t groups, std::size_t n, double norm, float* factors) noexcept {
+    for (std::size_t j = 0; j < groups; ++j, y8 += n) {
+        std::int64_t e = 0;
         for (std::size_t i = 0; i < n; ++i) e += y8[i] * y8[i];
-        const auto factor = static_cast<float>(row_levels[codes[j]] / std::sqrt(static_cast<double>(e)));
-        for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<float>(y8[i]) * factor;
+        factors[j] = group_factor_of(row_levels[codes[j]], e, norm);
     }
 }
 
@@ -145,20 +142,23 @@ inline void scale_dense_groups8_scalar(const std::int8_t* y8, const std::uint32_
 // intrinsics): energies of 64 bytes at once (|y| squared and summed by pairs
 // in int16: a pair holds at most K^2 <= 127^2; then by fours in int32, then
 // within each group), eight factors per IEEE divide and square root (the
-// same doubles as the scalar formula), int8 -> int32 -> float per 16 pulses.
+// same doubles as the scalar formula: E * norm is exact).
 SVQ_GCC_AVX512_WARNINGS_OFF
-template <std::size_t N>
-inline void scale_dense_groups8_avx512(const std::int8_t* y8, const std::uint32_t* codes, const double* row_levels,
-                                       std::size_t groups, float* out, row_streamer* stream) noexcept {
+// after(first, count): called once the factors of groups [first, first + count)
+// are written (blocks of 8, then the rest), so the caller's work on those
+// groups overlaps the long divisions and square roots of the next block.
+template <std::size_t N, class After>
+inline void dense_factors_avx512(const std::int8_t* y8, const std::uint32_t* codes, const double* row_levels,
+                                 std::size_t groups, double norm, float* factors, After&& after) noexcept {
     static_assert(N == 16 || N == 32);
     constexpr std::size_t per_vector = 64 / N;  // groups per 64 bytes
     const __m512i ones = _mm512_set1_epi16(1);
+    const __m512d norm8 = _mm512_set1_pd(norm);
     const auto fours = [&](const std::int8_t* p) {  // 16 int32: sums of squares of 4 consecutive pulses
         const __m512i a = _mm512_abs_epi8(_mm512_loadu_si512(p));
         return _mm512_madd_epi16(_mm512_maddubs_epi16(a, a), ones);
     };
     std::size_t j = 0;
-    alignas(32) float factor[8];
     for (; j + 8 <= groups; j += 8) {
         alignas(64) std::int32_t e[16 * (8 / per_vector)];
         for (std::size_t v = 0; v < 8 / per_vector; ++v) {
@@ -170,33 +170,191 @@ inline void scale_dense_groups8_avx512(const std::int8_t* y8, const std::uint32_
         }
         // Group g's energy sits at lane g * N / 4 of the stored words.
         const __m256i idx = _mm256_set_epi32(7 * N / 4, 6 * N / 4, 5 * N / 4, 4 * N / 4, 3 * N / 4, 2 * N / 4, N / 4, 0);
-        const __m512d energy = _mm512_cvtepi32_pd(_mm256_i32gather_epi32(e, idx, 4));
+        const __m512d energy = _mm512_mul_pd(_mm512_cvtepi32_pd(_mm256_i32gather_epi32(e, idx, 4)), norm8);
         const __m512d lv = _mm512_i32gather_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + j)),
                                                row_levels, 8);
-        _mm256_store_ps(factor, _mm512_cvtpd_ps(_mm512_div_pd(lv, _mm512_sqrt_pd(energy))));
-        for (std::size_t g = 0; g < 8; ++g) {
-            if (stream != nullptr) stream->step(N);
-            const __m512 f = _mm512_set1_ps(factor[g]);
-            const std::int8_t* y = y8 + (j + g) * N;
-            float* o = out + (j + g) * N;
-            for (std::size_t h = 0; h < N; h += 16) {
-                const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(y + h));
-                _mm512_storeu_ps(o + h, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)), f));
+        _mm256_storeu_ps(factors + j, _mm512_cvtpd_ps(_mm512_div_pd(lv, _mm512_sqrt_pd(energy))));
+        after(j, std::size_t{8});
+    }
+    dense_factors_scalar(y8 + j * N, codes + j, row_levels, groups - j, N, norm, factors + j);
+    if (j < groups) after(j, groups - j);
+}
+
+// Groups [first, first + count): out = float(y8_i) * factor of its group
+// (n = 16 or 32), one streamed line per group.
+inline void scale_dense8_avx512(const std::int8_t* y8, const float* factors, std::size_t first, std::size_t count,
+                                std::size_t n, float* out, row_streamer* stream) noexcept {
+    for (std::size_t g = first; g < first + count; ++g) {
+        if (stream != nullptr) stream->step(n);
+        const __m512 f = _mm512_set1_ps(factors[g]);
+        for (std::size_t h = 0; h < n; h += 16) {
+            const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(y8 + g * n + h));
+            _mm512_storeu_ps(out + g * n + h, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)), f));
+        }
+    }
+}
+
+// In place, for every group of N int8 pulses (N = 16 or 32; bytes a multiple
+// of 64): y <- H_N y, the unnormalised butterfly stages half = 1 .. N/2 in
+// exact int8 arithmetic (every partial sum is a signed sum of distinct pulses
+// of one group, so |.| <= K <= 127). A stage: p = the partner lanes
+// (i ^ half), lanes without bit `half` get x + p, lanes with it p - x.
+template <std::size_t N>
+class int8_group_hadamard_avx512 {
+    static_assert(N == 16 || N == 32);
+
+public:
+    int8_group_hadamard_avx512() noexcept {
+        alignas(64) std::int8_t pattern[4][64];
+        for (std::size_t s = 0; s < 4; ++s)
+            for (std::size_t i = 0; i < 64; ++i)
+                pattern[s][i] = static_cast<std::int8_t>((i ^ (std::size_t{1} << s)) & 15);
+        for (std::size_t s = 0; s < 4; ++s) p_[s] = _mm512_load_si512(pattern[s]);
+    }
+    // Bytes [from, to) of y, multiples of 64.
+    void operator()(std::int8_t* y, std::size_t from, std::size_t to) const noexcept {
+        const auto stage = [](__m512i x, __m512i partner, __mmask64 with_bit) {
+            return _mm512_mask_sub_epi8(_mm512_add_epi8(x, partner), with_bit, partner, x);
+        };
+        for (std::size_t i = from; i < to; i += 64) {
+            __m512i x = _mm512_loadu_si512(y + i);
+            x = stage(x, _mm512_shuffle_epi8(x, p_[0]), 0xAAAAAAAAAAAAAAAAull);
+            x = stage(x, _mm512_shuffle_epi8(x, p_[1]), 0xCCCCCCCCCCCCCCCCull);
+            x = stage(x, _mm512_shuffle_epi8(x, p_[2]), 0xF0F0F0F0F0F0F0F0ull);
+            x = stage(x, _mm512_shuffle_epi8(x, p_[3]), 0xFF00FF00FF00FF00ull);
+            if constexpr (N == 32) x = stage(x, _mm512_shuffle_i64x2(x, x, 0xB1), 0xFFFF0000FFFF0000ull);
+            _mm512_storeu_si512(y + i, x);
+        }
+    }
+
+private:
+    __m512i p_[4];
+};
+
+// The first float pass of the integer-stage rotation: stages half, ...,
+// 2^(Stages-1) half (half = N, the group size) on float(z_i) * factor of
+// its group, loaded from the int8 z; Last: the pass ends the transform and
+// multiplies by the signs. The same operations, in the same order, as
+// integer_stage_inverse's float stages.
+template <std::size_t Stages, bool Last>
+inline void int8_first_pass_avx512(const std::int8_t* z, const float* factors, unsigned group_shift,
+                                   std::size_t cols, const float* signs, float* out, row_streamer* stream,
+                                   std::size_t stream_per_block) noexcept {
+    using batch = xsimd::batch<float, xsimd::avx512bw>;
+    constexpr std::size_t m = std::size_t{1} << Stages;
+    const std::size_t half = std::size_t{1} << group_shift;
+    for (std::size_t base = 0; base < cols; base += m * half) {
+        if (stream != nullptr) stream->step(stream_per_block);
+        for (std::size_t j = base; j < base + half; j += 16) {
+            batch a[m];
+#pragma GCC unroll 16
+            for (std::size_t t = 0; t < m; ++t) {
+                const std::size_t at = j + t * half;
+                const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(z + at));
+                // An explicitly rounded product: a plain one could be contracted with
+                // the first butterfly's addition into a fused multiply-add.
+                a[t] = batch(_mm512_mul_round_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b)),
+                                                 _mm512_set1_ps(factors[at >> group_shift]),
+                                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+            }
+            butterflies<Stages>(a);
+#pragma GCC unroll 16
+            for (std::size_t t = 0; t < m; ++t) {
+                batch v = a[t];
+                if constexpr (Last) v = v * batch::load_unaligned(signs + j + t * half);
+                v.store_unaligned(out + j + t * half);
             }
         }
     }
-    scale_dense_groups8_scalar(y8 + j * N, codes + j, row_levels, groups - j, N, out + j * N, stream);
+}
+
+// The integer-stage rotation of a dense row (N = 16 or 32, cols a power of
+// two, a multiple of 64): z = H_N y in int8, then the float stages from
+// half = N, the first pass fused with the scaling. y8 is overwritten by z.
+template <std::size_t N>
+inline void integer_stage_dense_avx512(std::int8_t* y8, const std::uint32_t* codes, const double* row_levels,
+                                       std::size_t cols, const float* signs, float* factors, float* out,
+                                       row_streamer* stream) noexcept {
+    constexpr unsigned shift = N == 16 ? 4 : 5;
+    const std::size_t float_stages = static_cast<std::size_t>(std::countr_zero(cols)) - shift;
+    const std::size_t first = std::min<std::size_t>(float_stages, 4);
+    // The previous row streams out over both loops: half in each.
+    const std::size_t blocks = std::max<std::size_t>(1, cols >> (shift + first));
+    const int8_group_hadamard_avx512<N> transform;
+    dense_factors_avx512<N>(y8, codes, row_levels, cols / N, static_cast<double>(cols), factors,
+                            [&](std::size_t j, std::size_t count) {
+                                if (stream != nullptr) stream->step(count * N / 2);
+                                transform(y8, j * N, (j + count) * N);
+                            });
+    const std::size_t per_block = (cols / 2 + blocks - 1) / blocks;
+    const auto run = [&](auto st) {
+        constexpr std::size_t S = decltype(st)::value;
+        if (first == float_stages)
+            int8_first_pass_avx512<S, true>(y8, factors, shift, cols, signs, out, stream, per_block);
+        else
+            int8_first_pass_avx512<S, false>(y8, factors, shift, cols, signs, out, stream, per_block);
+    };
+    switch (first) {
+        case 0:
+            run(std::integral_constant<std::size_t, 0>{});
+            break;
+        case 1:
+            run(std::integral_constant<std::size_t, 1>{});
+            break;
+        case 2:
+            run(std::integral_constant<std::size_t, 2>{});
+            break;
+        case 3:
+            run(std::integral_constant<std::size_t, 3>{});
+            break;
+        default:
+            run(std::integral_constant<std::size_t, 4>{});
+            break;
+    }
+    if (first < float_stages) fwht_passes<false>(xsimd::avx512bw{}, out, cols, N << first, 1.0f, signs);
 }
 SVQ_GCC_AVX512_WARNINGS_ON
 #endif
 
+// Dense path, no integer-stage rotation: out = float(y_i) * factor (the
+// reference decoder's floats). y8: groups * n int8, out: groups * n floats,
+// factors: groups floats of scratch. stream: null, or a row to stream n
+// floats of per group.
 inline void scale_dense_groups8(const std::int8_t* y8, const std::uint32_t* codes, const double* row_levels,
-                                std::size_t groups, std::size_t n, float* out, row_streamer* stream) noexcept {
+                                std::size_t groups, std::size_t n, float* factors, float* out,
+                                row_streamer* stream) noexcept {
 #if defined(__AVX512F__) && defined(__AVX512BW__)
-    if (n == 16) return scale_dense_groups8_avx512<16>(y8, codes, row_levels, groups, out, stream);
-    if (n == 32) return scale_dense_groups8_avx512<32>(y8, codes, row_levels, groups, out, stream);
+    const auto scale = [&](std::size_t j, std::size_t count) {
+        scale_dense8_avx512(y8, factors, j, count, n, out, stream);
+    };
+    if (n == 16) return dense_factors_avx512<16>(y8, codes, row_levels, groups, 1.0, factors, scale);
+    if (n == 32) return dense_factors_avx512<32>(y8, codes, row_levels, groups, 1.0, factors, scale);
 #endif
-    scale_dense_groups8_scalar(y8, codes, row_levels, groups, n, out, stream);
+    dense_factors_scalar(y8, codes, row_levels, groups, n, 1.0, factors);
+    for (std::size_t j = 0; j < groups; ++j, y8 += n, out += n) {
+        if (stream != nullptr) stream->step(n);
+        for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<float>(y8[i]) * factors[j];
+    }
+}
+
+// Dense path with the integer-stage rotation (detail::integer_stage_inverse,
+// bit for bit): y8 (cols int8, overwritten), factors: cols / n floats of
+// scratch, y: cols ints of scratch (the portable body).
+inline void integer_stage_dense(std::int8_t* y8, const std::uint32_t* codes, const double* row_levels,
+                                std::size_t n, std::size_t cols, const float* signs, float* factors, float* out,
+                                int* y, row_streamer* stream) noexcept {
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+    if (cols % 64 == 0) {
+        if (n == 16)
+            return integer_stage_dense_avx512<16>(y8, codes, row_levels, cols, signs, factors, out, stream);
+        if (n == 32)
+            return integer_stage_dense_avx512<32>(y8, codes, row_levels, cols, signs, factors, out, stream);
+    }
+#endif
+    dense_factors_scalar(y8, codes, row_levels, cols / n, n, static_cast<double>(cols), factors);
+    if (stream != nullptr) stream->step(cols);
+    for (std::size_t i = 0; i < cols; ++i) y[i] = y8[i];
+    integer_stage_inverse(y, factors, n, cols, signs, out);
 }
 
 // sum_i a_i * b_i over n floats (lane-wise fused multiply-adds, then a fixed-order reduction).
@@ -243,6 +401,7 @@ public:
             tail_levels_ = levels_of(l_.tail_dim);
         }
         if (q.config().rotate) rotation_.emplace(l_.cols, q.config().seed);
+        integer_ = detail::integer_stage_rotation(l_, rotation_ ? &*rotation_ : nullptr);
     }
 
     std::size_t rows() const noexcept { return l_.rows; }
@@ -256,7 +415,7 @@ public:
         if (full_.dense())
             decode_row_dense(r, out, sc);
         else
-            decode_row_impl(r, out, sc, [](std::size_t, const int*, std::size_t, float) {});
+            decode_row_impl(r, out, sc, [](std::size_t, const int*, std::size_t, float, double) {});
     }
 
     // All rows, row-major (rows * cols floats), bit-identical to quantized_matrix::dequantize.
@@ -277,11 +436,20 @@ public:
             for (std::size_t r = first; r < end; ++r) {
                 float* dst = out.data() + r * cols();
                 float* row = stream ? buffers.data() + (r % 2) * cols() : dst;
-                if (full_.dense())
-                    decode_row_dense(r, row, sc, stream ? &streamer : nullptr);
-                else
-                    decode_row_impl(r, row, sc, [](std::size_t, const int*, std::size_t, float) {});
-                if (rotation_) rotation_->inverse(std::span<float>(row, cols()), scratch);
+                if (full_.dense()) {
+                    decode_row_dense(r, row, sc, stream ? &streamer : nullptr, integer_);
+                } else if (integer_) {
+                    decode_row_impl(r, nullptr, sc, [&](std::size_t first_col, const int* p, std::size_t dim, float, double gain) {
+                        std::copy_n(p, dim, sc.z.data() + first_col);
+                        sc.factors[first_col / dim] = detail::group_factor_of(gain, detail::pulse_energy(p, dim),
+                                                                               static_cast<double>(cols()));
+                    });
+                    detail::integer_stage_inverse(sc.z.data(), sc.factors.data(), l_.group_dim, cols(),
+                                                  rotation_->signs().data(), row);
+                } else {
+                    decode_row_impl(r, row, sc, [](std::size_t, const int*, std::size_t, float, double) {});
+                }
+                if (rotation_ && !integer_) rotation_->inverse(std::span<float>(row, cols()), scratch);
                 if (stream) {
                     streamer.finish();  // the previous row (usually written already)
                     streamer.start(row, dst, cols());
@@ -327,7 +495,7 @@ public:
                 }
                 std::fill(acc.begin(), acc.end(), 0.0f);
                 decode_row_impl(
-                    r, nullptr, sc, [&](std::size_t first_col, const int* p, std::size_t dim, float factor) {
+                    r, nullptr, sc, [&](std::size_t first_col, const int* p, std::size_t dim, float factor, double) {
                         for (std::size_t c = 0; c < batch; ++c)
                             acc[c] += factor * detail::pulse_dot(p, xr.data() + c * cols() + first_col, dim);
                     });
@@ -352,12 +520,16 @@ private:
         std::vector<std::int8_t> y8;  // dense path: the row's full-group pulses
         std::vector<double> row_levels;  // dense path: s * gain level, per code
         std::vector<float> row;       // dense gemv: the decoded row (rotated domain)
+        std::vector<float> factors;   // the row's group factors
+        std::vector<int> z;           // integer-stage rotation: the row's points
     };
     row_scratch make_scratch() const {
         row_scratch s;
         s.index.resize(l_.full_groups * full_.limbs());
         s.y.resize(l_.groups_per_row() * l_.group_dim);
         s.codes.resize(l_.groups_per_row());
+        s.factors.resize(l_.groups_per_row());
+        if (integer_) s.z.resize(l_.cols);
         if (full_.dense()) {
             s.y8.resize(l_.full_groups * l_.group_dim);
             s.row_levels.resize(gain_levels_.size());
@@ -373,7 +545,10 @@ private:
     // (the energy summed from the int8 pulses: the same integer), so the
     // floats equal the reference decoder's. The tail group takes the general path.
     // stream: null, or a finished row to write to memory meanwhile (dequantize).
-    void decode_row_dense(std::size_t r, float* out, row_scratch& sc, detail::row_streamer* stream = nullptr) const {
+    // integer: the row in the original basis by the integer-stage rotation
+    // (detail::integer_stage_inverse; the matrix has no tail group then).
+    void decode_row_dense(std::size_t r, float* out, row_scratch& sc, detail::row_streamer* stream = nullptr,
+                          bool integer = false) const {
         const bit_reader in(q_->words());
         std::size_t offset = l_.row_bit_offset(r);
         const double s = scales_.decode(static_cast<std::uint32_t>(in.read(offset, l_.row_scale_bits)));
@@ -417,10 +592,20 @@ private:
                     throw corrupt_data(
                         fmt::format("matrix_decoder: row {} group {}: index {} is not below V(N={}, K={}) = {}", r, j,
                                     index[j], n, l_.pulses, size));
-        full_.unrank_dense(index, full, sc.y8.data(), sc.dense);
+        // The previous row (dequantize) streams out during the walk: one
+        // 16-float line per node of the walk's last level, as many as the row has.
+        if (stream != nullptr)
+            full_.unrank_dense(index, full, sc.y8.data(), sc.dense, [stream]() noexcept { stream->step(16); });
+        else
+            full_.unrank_dense(index, full, sc.y8.data(), sc.dense);
         double* row_levels = sc.row_levels.data();
         for (std::size_t c = 0; c < gain_levels_.size(); ++c) row_levels[c] = s * gain_levels_[c];
-        detail::scale_dense_groups8(sc.y8.data(), codes, row_levels, full, n, out, stream);
+        if (integer) {
+            detail::integer_stage_dense(sc.y8.data(), codes, row_levels, n, l_.cols, rotation_->signs().data(),
+                                        sc.factors.data(), out, sc.z.data(), stream);
+            return;
+        }
+        detail::scale_dense_groups8(sc.y8.data(), codes, row_levels, full, n, sc.factors.data(), out, stream);
         int* y = sc.y.data();
         if (l_.tail_dim != 0) {
             std::array<std::uint64_t, detail::max_split_limbs> tail_index{};
@@ -443,7 +628,7 @@ private:
     // Decodes row r: reads every group's index and gain code, unranks the full
     // groups together (pvq_split_index::unrank_batch), then per group writes
     // the scaled floats to out (when not null) and calls
-    // on_group(first column, pulses, dim, factor).
+    // on_group(first column, pulses, dim, factor, gain = row scale * level).
     template <class OnGroup>
     void decode_row_impl(std::size_t r, float* out, row_scratch& sc, OnGroup&& on_group) const {
         const bit_reader in(q_->words());
@@ -476,9 +661,10 @@ private:
             const bool full = j < l_.full_groups;
             const std::size_t dim = full ? l_.group_dim : l_.tail_dim;
             const int* y = sc.y.data() + j * l_.group_dim;
-            const float factor = detail::group_factor(s, (full ? gain_levels_ : tail_levels_)[codes[j]], y, dim);
+            const double gain = s * (full ? gain_levels_ : tail_levels_)[codes[j]];
+            const float factor = detail::group_factor_of(gain, detail::pulse_energy(y, dim));
             if (out != nullptr) detail::scale_pulses(y, factor, out + j * l_.group_dim, dim);
-            on_group(j * l_.group_dim, y, dim, factor);
+            on_group(j * l_.group_dim, y, dim, factor, gain);
         }
     }
 
@@ -489,6 +675,7 @@ private:
     std::optional<pvq_split_index> tail_;
     std::vector<double> gain_levels_, tail_levels_;
     std::optional<hadamard_rotation> rotation_;
+    bool integer_ = false;  // detail::integer_stage_rotation
 };
 
 }  // namespace svq

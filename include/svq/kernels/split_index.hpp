@@ -809,8 +809,17 @@ public:
         std::vector<std::uint32_t> parts;  // four-way nodes: the composition (and its slow bit)
     };
     // count indices (one word each, < V(N, K), unchecked) -> count points as
-    // int8 (point g at y + g * dim()). Requires dense().
-    void unrank_dense(const std::uint64_t* index, std::size_t count, std::int8_t* y, dense_workspace& ws) const {
+    // int8 (point g at y + g * dim()). Requires dense(). tick(): called once
+    // per node of the last level (per 16 coordinates with four-way nodes,
+    // else per 4) while the points are written, so that a caller's memory
+    // traffic (the matrix decoder streams its previous row out) spreads over
+    // the walk instead of waiting for it.
+    struct no_tick {
+        void operator()() const noexcept {}
+    };
+    template <class Tick = no_tick>
+    void unrank_dense(const std::uint64_t* index, std::size_t count, std::int8_t* y, dense_workspace& ws,
+                      Tick&& tick = {}) const {
         const level& last = levels_[static_cast<std::size_t>(dense_levels_.back())];
         const std::size_t nodes = count * dim_ / last.n;
         for (int b = 0; b < 2; ++b) {
@@ -844,15 +853,17 @@ public:
             if (ws.rest.size() < m) ws.rest.resize(m);
             if (ws.parts.size() < m) ws.parts.resize(m);
             if (quad_exact_)
-                root ? quad_dense<true, true>(rin, kin, m, y, ws) : quad_dense<false, true>(rin, kin, m, y, ws);
+                root ? quad_dense<true, true>(rin, kin, m, y, ws, tick) : quad_dense<false, true>(rin, kin, m, y, ws, tick);
             else
-                root ? quad_dense<true, false>(rin, kin, m, y, ws) : quad_dense<false, false>(rin, kin, m, y, ws);
+                root ? quad_dense<true, false>(rin, kin, m, y, ws, tick)
+                     : quad_dense<false, false>(rin, kin, m, y, ws, tick);
             return;
         }
         const std::uint32_t* leaf = leaf4_.data();
         const std::uint32_t* start = leaf_start32_.data();
         const std::size_t leaf_k = leaf_k_;
         for (std::size_t i = 0; i < m; ++i) {
+            tick();
             const std::size_t k = kin[i];
             std::int8_t* out = y + 4 * i;
             if (k < leaf_k) [[likely]] {
@@ -1187,9 +1198,9 @@ private:
     // loop; (2) the quarters: three divisions by V(4, .) and four P(4, k)
     // table loads (a part past the table, or a k without a table: the
     // general code).
-    template <bool Root, bool Exact>
+    template <bool Root, bool Exact, class Tick>
     void quad_dense(const std::uint64_t* rin, const std::uint8_t* kin, std::size_t m, std::int8_t* y,
-                    dense_workspace& ws) const noexcept {
+                    dense_workspace& ws, Tick& tick) const noexcept {
         const quad_composition* comps = comps_.data();
         const std::uint16_t* guide = comp_guide_.data();
         const quad_row* rows = quad_rows_.data();
@@ -1232,6 +1243,7 @@ private:
                 return r / q.d;
         };
         for (std::size_t i = 0; i < m; ++i) {
+            tick();
             const std::uint32_t p = parts[i];
             std::int8_t* out = y + 16 * i;
             if constexpr (!Root) {

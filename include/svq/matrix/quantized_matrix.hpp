@@ -108,6 +108,10 @@ public:
     // out: cols floats (not yet inverse-rotated).
     virtual void decode_row(const bit_reader& in, std::size_t bit_offset, const row_scale_codec& scales,
                             float* out) const = 0;
+    // The row's points and gains before scaling: y: cols ints (group j's point at
+    // j * group_dim), gains: groups_per_row values, row scale * gain level.
+    virtual void decode_points(const bit_reader& in, std::size_t bit_offset, const row_scale_codec& scales, int* y,
+                               double* gains) const = 0;
 
     // The parts encode_row is made of, for encoders that choose points and
     // gains their own way (hessian/gptq.hpp) but keep the format.
@@ -131,8 +135,39 @@ public:
 // The decoder's multiplier of a group's pulses: row scale * gain level / ||y||,
 // rounded to float once. Every path that needs the decoded values (decode_row,
 // the fast decoder, the Hessian quantizer's feedback) uses it, so they agree bit for bit.
+// gain = row scale * level, energy = ||y||^2; norm: 1, or the row length n
+// when the inverse rotation's 1/sqrt(n) rides in the factor (the integer-stage
+// rotation below): float(gain / sqrt(energy * n)).
+inline float group_factor_of(double gain, std::int64_t energy, double norm = 1.0) noexcept {
+    return static_cast<float>(gain / std::sqrt(static_cast<double>(energy) * norm));
+}
 inline float group_factor(double row_scale, double level, const int* y, std::size_t dim) noexcept {
-    return static_cast<float>(row_scale * level / std::sqrt(static_cast<double>(pulse_energy(y, dim))));
+    return group_factor_of(row_scale * level, pulse_energy(y, dim));
+}
+
+// The integer-stage inverse rotation. Where R is one Walsh-Hadamard block
+// (R^T v = D H v / sqrt(n), n = cols a power of two) and the groups are
+// powers of two tiling the row, H = (stages half >= N) (stages half < N),
+// and the stages below N act inside each group, on s l_j y_j / ||y_j|| with
+// one factor per group: they are done exactly on the integer pulses
+// (z_j = H_N y_j, |partial sums| <= K), the 1/sqrt(n) rides in the factor,
+// and only the stages from half = N on run in floats. Decoded row:
+//   w = D (stages half = N .. n/2)(float(z_j,i) * float(s l_j / sqrt(||y_j||^2 n)))
+// (fewer roundings than scaling first and transforming all log2 n stages in
+// floats). Every decoder of such a matrix computes exactly this, bit for bit.
+inline bool integer_stage_rotation(const matrix_layout& l, const hadamard_rotation* r) noexcept {
+    return r != nullptr && r->single_hadamard() && std::has_single_bit(l.group_dim) && l.tail_dim == 0;
+}
+
+// The row of the formula above from its points (y: cols ints, transformed in
+// place to z) and factors (one per group); signs: D. out: cols floats.
+inline void integer_stage_inverse(int* y, const float* factors, std::size_t dim, std::size_t cols,
+                                  const float* signs, float* out) noexcept {
+    for (std::size_t j = 0; j * dim < cols; ++j) {
+        hadamard_stages_scalar<int>(y + j * dim, dim, 1, nullptr);
+        scale_pulses(y + j * dim, factors[j], out + j * dim, dim);
+    }
+    hadamard_stages<float>(out, cols, dim, signs);
 }
 
 inline scalar_quantizer matrix_gain_quantizer(std::size_t dim, std::size_t cols, unsigned bits) {
@@ -194,9 +229,20 @@ public:
 
     void decode_row(const bit_reader& in, std::size_t offset, const row_scale_codec& scales,
                     float* out) const override {
+        std::vector<int> y(l_.cols);
+        std::vector<double> gains(l_.groups_per_row());
+        decode_points(in, offset, scales, y.data(), gains.data());
+        for (std::size_t j = 0; j < l_.groups_per_row(); ++j) {
+            const std::size_t first = j * l_.group_dim, dim = group_dim(j);
+            const float factor = group_factor_of(gains[j], pulse_energy(y.data() + first, dim));
+            scale_pulses(y.data() + first, factor, out + first, dim);
+        }
+    }
+
+    void decode_points(const bit_reader& in, std::size_t offset, const row_scale_codec& scales, int* y,
+                       double* gains) const override {
         const double s = scales.decode(static_cast<std::uint32_t>(in.read(offset, l_.row_scale_bits)));
         offset += l_.row_scale_bits;
-        std::vector<int> y(l_.group_dim);
         for (std::size_t j = 0; j < l_.groups_per_row(); ++j) {
             const bool full = j < l_.full_groups;
             const std::size_t dim = group_dim(j), bits = full ? l_.index_bits : l_.tail_index_bits;
@@ -204,10 +250,8 @@ public:
             offset += bits;
             const auto code = static_cast<std::uint32_t>(in.read(offset, l_.gain_bits));
             offset += l_.gain_bits;
-            const std::span<int> point(y.data(), dim);
-            (full ? full_ : *tail_).unrank(index, point);  // svq::corrupt_data for an index >= V
-            const float factor = group_factor(s, quantizer(j).levels()[code], point.data(), dim);
-            scale_pulses(point.data(), factor, out + j * l_.group_dim, dim);
+            (full ? full_ : *tail_).unrank(index, std::span<int>(y + j * l_.group_dim, dim));  // svq::corrupt_data for an index >= V
+            gains[j] = s * quantizer(j).levels()[code];
         }
     }
 
@@ -345,8 +389,8 @@ public:
         if (r >= rows()) throw invalid_argument(fmt::format("decode_row: row {} of a matrix of {} rows", r, rows()));
         if (out.size() != cols())
             throw invalid_argument(fmt::format("decode_row: output has {} entries, cols = {}", out.size(), cols()));
-        coder_->decode_row(bit_reader(words_), layout_.row_bit_offset(r), scales_, out.data());
-        if (rotation_) rotation_->inverse(out);
+        row_buffers b = make_buffers();
+        decode_original(bit_reader(words_), r, out.data(), b);
     }
 
     // All rows, row-major (rows * cols floats).
@@ -355,12 +399,8 @@ public:
             throw invalid_argument(
                 fmt::format("dequantize: output has {} entries, the matrix {} x {}", out.size(), rows(), cols()));
         const bit_reader in(words_);
-        std::vector<float> scratch(rotation_ ? rotation_->scratch_size() : 0);
-        for (std::size_t r = 0; r < rows(); ++r) {
-            float* row = out.data() + r * cols();
-            coder_->decode_row(in, layout_.row_bit_offset(r), scales_, row);
-            if (rotation_) rotation_->inverse(std::span<float>(row, cols()), scratch);
-        }
+        row_buffers b = make_buffers();
+        for (std::size_t r = 0; r < rows(); ++r) decode_original(in, r, out.data() + r * cols(), b);
     }
     std::vector<float> dequantize() const {
         std::vector<float> out(rows() * cols());
@@ -369,6 +409,42 @@ public:
     }
 
 private:
+    struct row_buffers {
+        std::vector<float> scratch;  // the rotation's
+        std::vector<int> y;          // integer-stage rotation: the row's points
+        std::vector<double> gains;
+        std::vector<float> factors;
+    };
+    row_buffers make_buffers() const {
+        row_buffers b;
+        if (rotation_) b.scratch.resize(rotation_->scratch_size());
+        if (integer_stages()) {
+            b.y.resize(cols());
+            b.gains.resize(layout_.groups_per_row());
+            b.factors.resize(layout_.groups_per_row());
+        }
+        return b;
+    }
+    bool integer_stages() const noexcept {
+        return detail::integer_stage_rotation(layout_, rotation_ ? &*rotation_ : nullptr);
+    }
+    // Row r in the original basis: decoded, then inverse-rotated (with the
+    // integer-stage rotation where it applies, detail::integer_stage_inverse).
+    void decode_original(const bit_reader& in, std::size_t r, float* out, row_buffers& b) const {
+        const std::size_t offset = layout_.row_bit_offset(r);
+        if (integer_stages()) {
+            coder_->decode_points(in, offset, scales_, b.y.data(), b.gains.data());
+            const std::size_t n = layout_.group_dim;
+            for (std::size_t j = 0; j < b.gains.size(); ++j)
+                b.factors[j] = detail::group_factor_of(b.gains[j], detail::pulse_energy(b.y.data() + j * n, n),
+                                                       static_cast<double>(cols()));
+            detail::integer_stage_inverse(b.y.data(), b.factors.data(), n, cols(), rotation_->signs().data(), out);
+            return;
+        }
+        coder_->decode_row(in, offset, scales_, out);
+        if (rotation_) rotation_->inverse(std::span<float>(out, cols()), b.scratch);
+    }
+
     matrix_config config_{};
     matrix_layout layout_{};
     detail::row_scale_codec scales_{};

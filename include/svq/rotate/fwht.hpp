@@ -32,10 +32,16 @@ inline T fwht_scale(std::size_t n) noexcept {
     return static_cast<T>(1.0 / std::sqrt(static_cast<double>(n)));
 }
 
-// Reference body. data: n values, n a power of two (n >= 1).
+// Butterfly stages half = first, 2 first, ..., n / 2 of the unnormalised
+// transform (no 1/sqrt(n): the caller folds it into its own factors), then,
+// when post is not null, data[i] *= post[i]. With first = 1 and the scale
+// left out this is the whole transform; the integer-stage inverse rotation
+// (matrix/quantized_matrix.hpp) runs the stages below `first` exactly in
+// integers and these in floats. n a power of two, first a power of two.
+// Reference body:
 template <class T>
-inline void fwht_scalar(T* data, std::size_t n) noexcept {
-    for (std::size_t half = 1; half < n; half *= 2) {
+inline void hadamard_stages_scalar(T* data, std::size_t n, std::size_t first, const T* post) noexcept {
+    for (std::size_t half = first; half < n; half *= 2) {
         for (std::size_t base = 0; base < n; base += 2 * half) {
             for (std::size_t j = base; j < base + half; ++j) {
                 const T a = data[j];
@@ -45,6 +51,14 @@ inline void fwht_scalar(T* data, std::size_t n) noexcept {
             }
         }
     }
+    if (post != nullptr)
+        for (std::size_t i = 0; i < n; ++i) data[i] *= post[i];
+}
+
+// Reference body of the orthonormal transform. data: n values, n a power of two (n >= 1).
+template <class T>
+inline void fwht_scalar(T* data, std::size_t n) noexcept {
+    hadamard_stages_scalar<T>(data, n, 1, nullptr);
     const T scale = fwht_scale<T>(n);
     for (std::size_t i = 0; i < n; ++i) data[i] *= scale;
 }
@@ -56,19 +70,40 @@ struct fwht_partner_lane {
 };
 
 // Butterfly stages whose partners lie inside one batch (half < lanes), in
-// ascending order. A lane with (i & half) == 0 holds a and needs a + b; the
-// partner lane holds b and needs a - b. Both are partner + (+-1) * own, one
-// fused multiply-add: the product by +-1 is exact, so the one rounding is
-// that of a + b or a - b, as in the scalar body.
-// signs[k]: the +-1 lane pattern of stage half = 2^k.
+// ascending order from half = first (the stages below it are skipped). A
+// lane with (i & half) == 0 holds a and needs a + b; the partner lane holds
+// b and needs a - b. Both are partner + (+-1) * own, one fused multiply-add:
+// the product by +-1 is exact, so the one rounding is that of a + b or
+// a - b, as in the scalar body. signs[k]: the +-1 lane pattern of stage half = 2^k.
 template <class Arch, class T, unsigned Half = 1>
-inline xsimd::batch<T, Arch> fwht_in_register(xsimd::batch<T, Arch> x, const xsimd::batch<T, Arch>* signs) noexcept {
+inline xsimd::batch<T, Arch> fwht_in_register_from(xsimd::batch<T, Arch> x, const xsimd::batch<T, Arch>* signs,
+                                                   std::size_t first) noexcept {
     if constexpr (Half < xsimd::batch<T, Arch>::size) {
-        const auto partner = simd::swizzle_lanes<fwht_partner_lane<Half>>(x);
-        x = xsimd::fma(x, signs[0], partner);
-        return fwht_in_register<Arch, T, Half * 2>(x, signs + 1);
+        if (Half >= first) {
+            const auto partner = simd::swizzle_lanes<fwht_partner_lane<Half>>(x);
+            x = xsimd::fma(x, signs[0], partner);
+        }
+        return fwht_in_register_from<Arch, T, Half * 2>(x, signs + 1, first);
     } else {
         return x;
+    }
+}
+
+// The butterfly network of Stages stages over 2^Stages values (batches) held
+// in registers: stage s pairs a[t] with a[t + 2^s], in ascending s.
+template <std::size_t Stages, class B>
+inline void butterflies(B* a) noexcept {
+    constexpr std::size_t m = std::size_t{1} << Stages;
+#pragma GCC unroll 4
+    for (std::size_t s = 0; s < Stages; ++s) {
+        const std::size_t h = std::size_t{1} << s;
+#pragma GCC unroll 16
+        for (std::size_t t = 0; t < m; ++t) {
+            if ((t & h) != 0) continue;
+            const B x = a[t], y = a[t + h];
+            a[t] = x + y;
+            a[t + h] = x - y;
+        }
     }
 }
 
@@ -76,9 +111,9 @@ inline xsimd::batch<T, Arch> fwht_in_register(xsimd::batch<T, Arch> x, const xsi
 // batches a stride `half` apart (half >= lanes): each element meets the
 // same additions and subtractions, in the same stage order, as in the
 // scalar body, with one load and one store per pass instead of per stage.
-// Last: the pass ends the transform, so it applies the scale and then, when
-// post is not null, multiplies by post[i] (the rotation's signs).
-template <std::size_t Stages, bool Last, class Arch, class T>
+// Last: the pass ends the transform, so it applies the scale (when Scale) and
+// then, when post is not null, multiplies by post[i] (the rotation's signs).
+template <std::size_t Stages, bool Last, class Arch, class T, bool Scale = true>
 inline void fwht_pass(Arch, T* data, std::size_t n, std::size_t half, T scale_value, const T* post) noexcept {
     using batch = xsimd::batch<T, Arch>;
     constexpr std::size_t lanes = batch::size, m = std::size_t{1} << Stages;
@@ -88,22 +123,12 @@ inline void fwht_pass(Arch, T* data, std::size_t n, std::size_t half, T scale_va
             batch a[m];
 #pragma GCC unroll 16
             for (std::size_t t = 0; t < m; ++t) a[t] = batch::load_unaligned(data + j + t * half);
-#pragma GCC unroll 4
-            for (std::size_t s = 0; s < Stages; ++s) {
-                const std::size_t h = std::size_t{1} << s;
-#pragma GCC unroll 16
-                for (std::size_t t = 0; t < m; ++t) {
-                    if ((t & h) != 0) continue;
-                    const batch x = a[t], y = a[t + h];
-                    a[t] = x + y;
-                    a[t + h] = x - y;
-                }
-            }
+            butterflies<Stages>(a);
 #pragma GCC unroll 16
             for (std::size_t t = 0; t < m; ++t) {
                 batch v = a[t];
                 if constexpr (Last) {
-                    v = v * scale;
+                    if constexpr (Scale) v = v * scale;
                     if (post != nullptr) v = v * batch::load_unaligned(post + j + t * half);
                 }
                 v.store_unaligned(data + j + t * half);
@@ -112,53 +137,37 @@ inline void fwht_pass(Arch, T* data, std::size_t n, std::size_t half, T scale_va
     }
 }
 
-// SIMD body. data: n values, n a power of two (n >= 1); post: null or n
-// values to multiply the result by (bit-identical to multiplying after the
-// transform). Transforms shorter than one batch take the scalar body. Pass 1
-// runs the in-batch stages on each batch; the remaining stages (half >=
-// lanes) run up to four at a time (three with fewer than 32 vector
-// registers), so each element is loaded and stored once per pass.
+// The +-1 lane patterns of the in-batch stages: stage k negates the lanes with bit k set.
 template <class Arch, class T>
-inline void fwht_kernel(Arch, T* data, std::size_t n, const T* post = nullptr) noexcept {
-    using batch = xsimd::batch<T, Arch>;
-    constexpr std::size_t lanes = batch::size;
-    if (n < lanes) {
-        fwht_scalar(data, n);
-        if (post != nullptr)
-            for (std::size_t i = 0; i < n; ++i) data[i] *= post[i];
-        return;
-    }
-    const T scale_value = fwht_scale<T>(n);
-
-    // +-1 patterns of the in-batch stages: stage k negates the lanes with bit k set.
-    constexpr std::size_t in_register_stages = std::bit_width(lanes) - 1;
-    batch signs[in_register_stages > 0 ? in_register_stages : 1];
-    for (std::size_t stage = 0; stage < in_register_stages; ++stage) {
-        alignas(Arch::alignment()) T pattern[lanes];
-        for (std::size_t lane = 0; lane < lanes; ++lane) pattern[lane] = (lane >> stage) & 1U ? T(-1) : T(1);
-        signs[stage] = batch::load_aligned(pattern);
-    }
-    const batch scale(scale_value);
-    for (std::size_t i = 0; i < n; i += lanes) {
-        batch x = fwht_in_register<Arch, T>(batch::load_unaligned(data + i), signs);
-        if (n == lanes) {
-            x = x * scale;
-            if (post != nullptr) x = x * batch::load_unaligned(post + i);
+struct fwht_lane_signs {
+    static constexpr std::size_t lanes = xsimd::batch<T, Arch>::size;
+    static constexpr std::size_t stages = std::bit_width(lanes) - 1;
+    xsimd::batch<T, Arch> v[stages > 0 ? stages : 1];
+    fwht_lane_signs() noexcept {
+        for (std::size_t stage = 0; stage < stages; ++stage) {
+            alignas(Arch::alignment()) T pattern[lanes];
+            for (std::size_t lane = 0; lane < lanes; ++lane) pattern[lane] = (lane >> stage) & 1U ? T(-1) : T(1);
+            v[stage] = xsimd::batch<T, Arch>::load_aligned(pattern);
         }
-        x.store_unaligned(data + i);
     }
+};
 
-    // AVX-512 has 32 registers: 16 batches of a pass and their sums fit.
-    constexpr std::size_t max_stages = sizeof(batch) >= 64 ? 4 : 3;
-    for (std::size_t half = lanes; half < n;) {
+// The cross-batch stages half = first, ..., n / 2 (first >= lanes), up to
+// four at a time (three with fewer than 32 vector registers: AVX-512 has 32,
+// so 16 batches of a pass and their sums fit), each element loaded and
+// stored once per pass; the last pass applies the scale (when Scale) and post.
+template <bool Scale, class Arch, class T>
+inline void fwht_passes(Arch, T* data, std::size_t n, std::size_t first, T scale_value, const T* post) noexcept {
+    constexpr std::size_t max_stages = sizeof(xsimd::batch<T, Arch>) >= 64 ? 4 : 3;
+    for (std::size_t half = first; half < n;) {
         std::size_t stages = 0;
         while (stages < max_stages && (half << stages) < n) ++stages;
         const bool last = (half << stages) == n;
         const auto run = [&](auto st) {
             if (last)
-                fwht_pass<decltype(st)::value, true>(Arch{}, data, n, half, scale_value, post);
+                fwht_pass<decltype(st)::value, true, Arch, T, Scale>(Arch{}, data, n, half, scale_value, post);
             else
-                fwht_pass<decltype(st)::value, false>(Arch{}, data, n, half, scale_value, post);
+                fwht_pass<decltype(st)::value, false, Arch, T, Scale>(Arch{}, data, n, half, scale_value, post);
         };
         switch (stages) {
             case 1:
@@ -175,6 +184,68 @@ inline void fwht_kernel(Arch, T* data, std::size_t n, const T* post = nullptr) n
                 break;
         }
         half <<= stages;
+    }
+}
+
+// SIMD body. data: n values, n a power of two (n >= 1); post: null or n
+// values to multiply the result by (bit-identical to multiplying after the
+// transform). Transforms shorter than one batch take the scalar body. Pass 1
+// runs the in-batch stages on each batch; the remaining stages (half >=
+// lanes) run in fwht_passes.
+template <class Arch, class T>
+inline void fwht_kernel(Arch, T* data, std::size_t n, const T* post = nullptr) noexcept {
+    using batch = xsimd::batch<T, Arch>;
+    constexpr std::size_t lanes = batch::size;
+    if (n < lanes) {
+        fwht_scalar(data, n);
+        if (post != nullptr)
+            for (std::size_t i = 0; i < n; ++i) data[i] *= post[i];
+        return;
+    }
+    const T scale_value = fwht_scale<T>(n);
+    const fwht_lane_signs<Arch, T> signs;
+    const batch scale(scale_value);
+    for (std::size_t i = 0; i < n; i += lanes) {
+        batch x = fwht_in_register_from<Arch, T>(batch::load_unaligned(data + i), signs.v, 1);
+        if (n == lanes) {
+            x = x * scale;
+            if (post != nullptr) x = x * batch::load_unaligned(post + i);
+        }
+        x.store_unaligned(data + i);
+    }
+    fwht_passes<true>(Arch{}, data, n, lanes, scale_value, post);
+}
+
+// SIMD body of hadamard_stages_scalar, bit-identical to it.
+template <class Arch, class T>
+inline void hadamard_stages_kernel(Arch, T* data, std::size_t n, std::size_t first, const T* post) noexcept {
+    using batch = xsimd::batch<T, Arch>;
+    constexpr std::size_t lanes = batch::size;
+    if (n < lanes) return hadamard_stages_scalar(data, n, first, post);
+    if (first >= n) {  // no stage: only the post factors
+        if (post != nullptr)
+            for (std::size_t i = 0; i < n; i += lanes)
+                (batch::load_unaligned(data + i) * batch::load_unaligned(post + i)).store_unaligned(data + i);
+        return;
+    }
+    if (first < lanes) {
+        const fwht_lane_signs<Arch, T> signs;
+        for (std::size_t i = 0; i < n; i += lanes) {
+            batch x = fwht_in_register_from<Arch, T>(batch::load_unaligned(data + i), signs.v, first);
+            if (n == lanes && post != nullptr) x = x * batch::load_unaligned(post + i);
+            x.store_unaligned(data + i);
+        }
+        first = lanes;
+    }
+    fwht_passes<false>(Arch{}, data, n, first, T(1), post);
+}
+
+template <class T>
+inline void hadamard_stages(T* data, std::size_t n, std::size_t first, const T* post) noexcept {
+    if constexpr (simd::has_simd) {
+        hadamard_stages_kernel(simd::default_arch{}, data, n, first, post);
+    } else {
+        hadamard_stages_scalar(data, n, first, post);
     }
 }
 

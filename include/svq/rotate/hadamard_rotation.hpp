@@ -198,6 +198,15 @@ public:
     std::size_t dim() const noexcept { return dim_; }
     std::uint64_t seed() const noexcept { return seed_; }
 
+    // True when R is one randomized Walsh-Hadamard block, R v = H (D v) / sqrt(dim)
+    // (dim a power of two): then R^T v = D (H v) / sqrt(dim), which the
+    // integer-stage decoders (matrix/quantized_matrix.hpp) compute in parts.
+    bool single_hadamard() const noexcept {
+        return layers_.size() == 1 && layers_[0].blocks.size() == 1 && layers_[0].blocks[0].dense == 1;
+    }
+    // D of the first layer: dim values, each +1 or -1 (the only layer when single_hadamard()).
+    std::span<const float> signs() const noexcept { return layers_[0].signs; }
+
     // Values of scratch the scratch-taking overloads need (0 when dim's odd part is 1).
     std::size_t scratch_size() const noexcept { return scratch_size_; }
 
