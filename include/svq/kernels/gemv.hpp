@@ -294,23 +294,7 @@ inline void integer_stage_dense_avx512(std::int8_t* y8, const std::uint32_t* cod
         else
             int8_first_pass_avx512<S, false>(y8, factors, shift, cols, signs, out, stream, per_block);
     };
-    switch (first) {
-        case 0:
-            run(std::integral_constant<std::size_t, 0>{});
-            break;
-        case 1:
-            run(std::integral_constant<std::size_t, 1>{});
-            break;
-        case 2:
-            run(std::integral_constant<std::size_t, 2>{});
-            break;
-        case 3:
-            run(std::integral_constant<std::size_t, 3>{});
-            break;
-        default:
-            run(std::integral_constant<std::size_t, 4>{});
-            break;
-    }
+    with_stage_count(first, run);
     if (first < float_stages) fwht_passes<false>(xsimd::avx512bw{}, out, cols, N << first, 1.0f, signs);
 }
 SVQ_GCC_AVX512_WARNINGS_ON

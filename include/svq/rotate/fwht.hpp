@@ -152,6 +152,22 @@ struct fwht_lane_signs {
     }
 };
 
+// Calls f(std::integral_constant<std::size_t, s>{}) for a pass of s = stages
+// butterfly stages, 1 <= s <= 4.
+template <class F>
+inline void with_stage_count(std::size_t stages, F&& f) {
+    switch (stages) {
+        case 1:
+            return f(std::integral_constant<std::size_t, 1>{});
+        case 2:
+            return f(std::integral_constant<std::size_t, 2>{});
+        case 3:
+            return f(std::integral_constant<std::size_t, 3>{});
+        default:
+            return f(std::integral_constant<std::size_t, 4>{});
+    }
+}
+
 // The cross-batch stages half = first, ..., n / 2 (first >= lanes), up to
 // four at a time (three with fewer than 32 vector registers: AVX-512 has 32,
 // so 16 batches of a pass and their sums fit), each element loaded and
@@ -169,20 +185,7 @@ inline void fwht_passes(Arch, T* data, std::size_t n, std::size_t first, T scale
             else
                 fwht_pass<decltype(st)::value, false, Arch, T, Scale>(Arch{}, data, n, half, scale_value, post);
         };
-        switch (stages) {
-            case 1:
-                run(std::integral_constant<std::size_t, 1>{});
-                break;
-            case 2:
-                run(std::integral_constant<std::size_t, 2>{});
-                break;
-            case 3:
-                run(std::integral_constant<std::size_t, 3>{});
-                break;
-            default:
-                run(std::integral_constant<std::size_t, max_stages>{});
-                break;
-        }
+        with_stage_count(stages, run);
         half <<= stages;
     }
 }
