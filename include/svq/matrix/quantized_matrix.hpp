@@ -164,7 +164,7 @@ inline bool integer_stage_rotation(const matrix_layout& l, const hadamard_rotati
 inline void integer_stage_inverse(int* y, const float* factors, std::size_t dim, std::size_t cols,
                                   const float* signs, float* out) noexcept {
     for (std::size_t j = 0; j * dim < cols; ++j) {
-        hadamard_stages_scalar<int>(y + j * dim, dim, 1, nullptr);
+        hadamard_stages<int>(y + j * dim, dim, 1, nullptr);  // exact: any order of the same stages agrees
         scale_pulses(y + j * dim, factors[j], out + j * dim, dim);
     }
     hadamard_stages<float>(out, cols, dim, signs);
