@@ -85,10 +85,10 @@ inline constexpr std::size_t stream_bytes = std::size_t{8} << 20;
 
 // Copies a finished row to its place in a large output with streaming stores
 // (AVX-512: 64-byte aligned lines, the edges by plain stores; elsewhere plain
-// copies), a piece at a time: the dense decoder streams one group's worth
-// while it scales each group of the next row, so the writes to memory overlap
-// that work instead of stalling at the end of a row. finish() writes what is
-// left; fence() before other threads read the output.
+// copies), a piece at a time: the dense decoder streams one 64-byte line per
+// node of the next row's walk (pvq_split_index::unrank_dense's tick), so the
+// writes to memory overlap that work instead of stalling at the end of a row.
+// finish() writes what is left; fence() before other threads read the output.
 class row_streamer {
 public:
     void start(const float* src, float* dst, std::size_t n) noexcept {
@@ -131,8 +131,8 @@ private:
 
 // Dense path, the groups' factors: group j's float(row_levels[codes[j]] /
 // sqrt(E_j * norm)) with row_levels[c] = s * levels[c] (the product
-// detail::group_factor forms first) and E_j the energy of its int8 pulses
-// (y8: groups * n), norm 1 or the row length (group_factor_of).
+// detail::group_factor forms first), E_j the energy of its int8 pulses
+// (y8: groups * n), norm 1 or the row length: the doubles of group_factor_of.
 inline void dense_factors_scalar(const std::int8_t* y8, const std::uint32_t* codes, const double* row_levels,
                                  std::size_t groups, std::size_t n, double norm, float* factors) noexcept {
     for (std::size_t j = 0; j < groups; ++j, y8 += n) {
@@ -158,7 +158,6 @@ inline void dense_factors_avx512(const std::int8_t* y8, const std::uint32_t* cod
     static_assert(N == 16 || N == 32);
     constexpr std::size_t per_vector = 64 / N;  // groups per 64 bytes
     const __m512i ones = _mm512_set1_epi16(1);
-    const __m512d norm8 = _mm512_set1_pd(norm);
     const auto fours = [&](const std::int8_t* p) {  // 16 int32: sums of squares of 4 consecutive pulses
         const __m512i a = _mm512_abs_epi8(_mm512_loadu_si512(p));
         return _mm512_madd_epi16(_mm512_maddubs_epi16(a, a), ones);
@@ -175,7 +174,8 @@ inline void dense_factors_avx512(const std::int8_t* y8, const std::uint32_t* cod
         }
         // Group g's energy sits at lane g * N / 4 of the stored words.
         const __m256i idx = _mm256_set_epi32(7 * N / 4, 6 * N / 4, 5 * N / 4, 4 * N / 4, 3 * N / 4, 2 * N / 4, N / 4, 0);
-        const __m512d energy = _mm512_mul_pd(_mm512_cvtepi32_pd(_mm256_i32gather_epi32(e, idx, 4)), norm8);
+        const __m512d energy =
+            _mm512_mul_pd(_mm512_cvtepi32_pd(_mm256_i32gather_epi32(e, idx, 4)), _mm512_set1_pd(norm));
         const __m512d lv = _mm512_i32gather_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + j)),
                                                row_levels, 8);
         _mm256_storeu_ps(factors + j, _mm512_cvtpd_ps(_mm512_div_pd(lv, _mm512_sqrt_pd(energy))));
@@ -185,12 +185,10 @@ inline void dense_factors_avx512(const std::int8_t* y8, const std::uint32_t* cod
     if (j < groups) after(j, groups - j);
 }
 
-// Groups [first, first + count): out = float(y8_i) * factor of its group
-// (n = 16 or 32), one streamed line per group.
+// Groups [first, first + count): out = float(y8_i) * factor of its group (n = 16 or 32).
 inline void scale_dense8_avx512(const std::int8_t* y8, const float* factors, std::size_t first, std::size_t count,
-                                std::size_t n, float* out, row_streamer* stream) noexcept {
+                                std::size_t n, float* out) noexcept {
     for (std::size_t g = first; g < first + count; ++g) {
-        if (stream != nullptr) stream->step(n);
         const __m512 f = _mm512_set1_ps(factors[g]);
         for (std::size_t h = 0; h < n; h += 16) {
             const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(y8 + g * n + h));
@@ -243,13 +241,11 @@ private:
 // integer_stage_inverse's float stages.
 template <std::size_t Stages, bool Last>
 inline void int8_first_pass_avx512(const std::int8_t* z, const float* factors, unsigned group_shift,
-                                   std::size_t cols, const float* signs, float* out, row_streamer* stream,
-                                   std::size_t stream_per_block) noexcept {
+                                   std::size_t cols, const float* signs, float* out) noexcept {
     using batch = xsimd::batch<float, xsimd::avx512bw>;
     constexpr std::size_t m = std::size_t{1} << Stages;
     const std::size_t half = std::size_t{1} << group_shift;
     for (std::size_t base = 0; base < cols; base += m * half) {
-        if (stream != nullptr) stream->step(stream_per_block);
         for (std::size_t j = base; j < base + half; j += 16) {
             batch a[m];
 #pragma GCC unroll 16
@@ -278,26 +274,19 @@ inline void int8_first_pass_avx512(const std::int8_t* z, const float* factors, u
 // half = N, the first pass fused with the scaling. y8 is overwritten by z.
 template <std::size_t N>
 inline void integer_stage_dense_avx512(std::int8_t* y8, const std::uint32_t* codes, const double* row_levels,
-                                       std::size_t cols, const float* signs, float* factors, float* out,
-                                       row_streamer* stream) noexcept {
+                                       std::size_t cols, const float* signs, float* factors, float* out) noexcept {
     constexpr unsigned shift = N == 16 ? 4 : 5;
     const std::size_t float_stages = static_cast<std::size_t>(std::countr_zero(cols)) - shift;
     const std::size_t first = std::min<std::size_t>(float_stages, 4);
-    // The previous row streams out over both loops: half in each.
-    const std::size_t blocks = std::max<std::size_t>(1, cols >> (shift + first));
     const int8_group_hadamard_avx512<N> transform;
     dense_factors_avx512<N>(y8, codes, row_levels, cols / N, static_cast<double>(cols), factors,
-                            [&](std::size_t j, std::size_t count) {
-                                if (stream != nullptr) stream->step(count * N / 2);
-                                transform(y8, j * N, (j + count) * N);
-                            });
-    const std::size_t per_block = (cols / 2 + blocks - 1) / blocks;
+                            [&](std::size_t j, std::size_t count) { transform(y8, j * N, (j + count) * N); });
     const auto run = [&](auto st) {
         constexpr std::size_t S = decltype(st)::value;
         if (first == float_stages)
-            int8_first_pass_avx512<S, true>(y8, factors, shift, cols, signs, out, stream, per_block);
+            int8_first_pass_avx512<S, true>(y8, factors, shift, cols, signs, out);
         else
-            int8_first_pass_avx512<S, false>(y8, factors, shift, cols, signs, out, stream, per_block);
+            int8_first_pass_avx512<S, false>(y8, factors, shift, cols, signs, out);
     };
     with_stage_count(first, run);
     if (first < float_stages) fwht_passes<false>(xsimd::avx512bw{}, out, cols, N << first, 1.0f, signs);
@@ -307,43 +296,58 @@ SVQ_GCC_AVX512_WARNINGS_ON
 
 // Dense path, no integer-stage rotation: out = float(y_i) * factor (the
 // reference decoder's floats). y8: groups * n int8, out: groups * n floats,
-// factors: groups floats of scratch. stream: null, or a row to stream n
-// floats of per group.
+// factors: groups floats of scratch.
 inline void scale_dense_groups8(const std::int8_t* y8, const std::uint32_t* codes, const double* row_levels,
-                                std::size_t groups, std::size_t n, float* factors, float* out,
-                                row_streamer* stream) noexcept {
+                                std::size_t groups, std::size_t n, float* factors, float* out) noexcept {
 #if defined(__AVX512F__) && defined(__AVX512BW__)
-    const auto scale = [&](std::size_t j, std::size_t count) {
-        scale_dense8_avx512(y8, factors, j, count, n, out, stream);
-    };
+    const auto scale = [&](std::size_t j, std::size_t count) { scale_dense8_avx512(y8, factors, j, count, n, out); };
     if (n == 16) return dense_factors_avx512<16>(y8, codes, row_levels, groups, 1.0, factors, scale);
     if (n == 32) return dense_factors_avx512<32>(y8, codes, row_levels, groups, 1.0, factors, scale);
 #endif
     dense_factors_scalar(y8, codes, row_levels, groups, n, 1.0, factors);
     for (std::size_t j = 0; j < groups; ++j, y8 += n, out += n) {
-        if (stream != nullptr) stream->step(n);
         for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<float>(y8[i]) * factors[j];
     }
 }
 
 // Dense path with the integer-stage rotation (detail::integer_stage_inverse,
-// bit for bit): y8 (cols int8, overwritten), factors: cols / n floats of
-// scratch, y: cols ints of scratch (the portable body).
+// bit for bit): y8 (cols int8, overwritten),
+// factors: cols / n floats of scratch, y: cols ints of scratch (the portable body).
 inline void integer_stage_dense(std::int8_t* y8, const std::uint32_t* codes, const double* row_levels,
                                 std::size_t n, std::size_t cols, const float* signs, float* factors, float* out,
-                                int* y, row_streamer* stream) noexcept {
+                                int* y) noexcept {
 #if defined(__AVX512F__) && defined(__AVX512BW__)
     if (cols % 64 == 0) {
-        if (n == 16)
-            return integer_stage_dense_avx512<16>(y8, codes, row_levels, cols, signs, factors, out, stream);
-        if (n == 32)
-            return integer_stage_dense_avx512<32>(y8, codes, row_levels, cols, signs, factors, out, stream);
+        if (n == 16) return integer_stage_dense_avx512<16>(y8, codes, row_levels, cols, signs, factors, out);
+        if (n == 32) return integer_stage_dense_avx512<32>(y8, codes, row_levels, cols, signs, factors, out);
     }
 #endif
     dense_factors_scalar(y8, codes, row_levels, cols / n, n, static_cast<double>(cols), factors);
-    if (stream != nullptr) stream->step(cols);
     for (std::size_t i = 0; i < cols; ++i) y[i] = y8[i];
     integer_stage_inverse(y, factors, n, cols, signs, out);
+}
+
+// The dense path's bit fields: `count` fields of ib + gb <= 64 bits from bit
+// `offset` of words (both words of every field exist), index (ib low bits)
+// and gain code. Returns whether an index is >= size. Two loads and shifts
+// per field, no branch (the second shift pair gives 0 when the field starts
+// on a word). Not inlined: inside the decoder's row function the loop's
+// values were spilled to the stack.
+[[gnu::noinline]] inline bool read_dense_fields(const std::uint64_t* words, std::size_t offset, std::size_t count,
+                                                std::size_t ib, std::size_t gb, std::uint64_t size,
+                                                std::uint64_t* index, std::uint32_t* codes) noexcept {
+    const std::uint64_t index_mask = (std::uint64_t{1} << ib) - 1;  // ib <= 63 on the dense path
+    const std::uint64_t code_mask = (std::uint64_t{1} << gb) - 1;   // gb <= 12
+    bool bad = false;
+    for (std::size_t j = 0; j < count; ++j, offset += ib + gb) {
+        const std::size_t w = offset / 64;
+        const auto sh = static_cast<unsigned>(offset % 64);
+        const std::uint64_t v = (words[w] >> sh) | ((words[w + 1] << 1) << (63 - sh));
+        index[j] = v & index_mask;
+        codes[j] = static_cast<std::uint32_t>((v >> ib) & code_mask);
+        bad |= index[j] >= size;
+    }
+    return bad;
 }
 
 // sum_i a_i * b_i over n floats (lane-wise fused multiply-adds, then a fixed-order reduction).
@@ -549,18 +553,17 @@ private:
         std::uint32_t* codes = sc.codes.data();
         bool bad = false;
         const std::span<const std::uint64_t> words = q_->words();
+        if (r + 1 < l_.rows) {
+            // The next row's words (rows are read in order): one row of lead time,
+            // where the hardware prefetcher fell behind with the output streamed
+            // out at the same time (the first load of a field was a fifth of the row).
+            const std::size_t from = l_.row_bit_offset(r + 1) / 64;
+            const std::size_t to = std::min(words.size(), (l_.row_bit_offset(r + 1) + l_.bits_per_row()) / 64 + 1);
+            for (std::size_t w = from; w < to; w += 8) __builtin_prefetch(words.data() + w);
+        }
         if (ib + gb <= 64 && (offset + full * (ib + gb)) / 64 + 1 < words.size()) {
-            // Both words of every field exist: two loads and shifts, no branch
-            // (the second shift pair gives 0 when the field starts on a word).
-            const std::uint64_t code_mask = (std::uint64_t{1} << gb) - 1;  // gb <= 12
-            for (std::size_t j = 0; j < full; ++j, offset += ib + gb) {
-                const std::size_t w = offset / 64;
-                const auto sh = static_cast<unsigned>(offset % 64);
-                const std::uint64_t v = (words[w] >> sh) | ((words[w + 1] << 1) << (63 - sh));
-                index[j] = v & index_mask;
-                codes[j] = static_cast<std::uint32_t>((v >> ib) & code_mask);
-                bad |= index[j] >= size;
-            }
+            bad = detail::read_dense_fields(words.data(), offset, full, ib, gb, size, index, codes);
+            offset += full * (ib + gb);
         } else if (ib + gb <= 64) {
             for (std::size_t j = 0; j < full; ++j, offset += ib + gb) {
                 const std::uint64_t v = in.read(offset, ib + gb);
@@ -591,10 +594,10 @@ private:
         for (std::size_t c = 0; c < gain_levels_.size(); ++c) row_levels[c] = s * gain_levels_[c];
         if (integer) {
             detail::integer_stage_dense(sc.y8.data(), codes, row_levels, n, l_.cols, rotation_->signs().data(),
-                                        sc.factors.data(), out, sc.z.data(), stream);
+                                        sc.factors.data(), out, sc.z.data());
             return;
         }
-        detail::scale_dense_groups8(sc.y8.data(), codes, row_levels, full, n, sc.factors.data(), out, stream);
+        detail::scale_dense_groups8(sc.y8.data(), codes, row_levels, full, n, sc.factors.data(), out);
         int* y = sc.y.data();
         if (l_.tail_dim != 0) {
             std::array<std::uint64_t, detail::max_split_limbs> tail_index{};
