@@ -272,7 +272,8 @@ TEST_CASE("matrix_decoder dequantizes bit for bit like quantized_matrix") {
     const std::vector<float> w = svq::examples::gaussian_matrix(rows, cols, 5);
     for (const auto& c : {explicit_config(128, 187, 3, 16, true), explicit_config(128, 449, 4, 8, false),
                           explicit_config(32, 50, 5, 16, true), explicit_config(8, 16, 2, 8, true),
-                          explicit_config(128, 83, 1, 16, false)}) {
+                          explicit_config(128, 83, 1, 16, false),
+                          explicit_config(16, 46, 7, 16, false)}) {  // 128 x 2117 unit factors: no table
         const svq::quantized_matrix q = svq::quantize(w, rows, cols, c);
         const std::vector<float> ref = q.dequantize();
         const svq::matrix_decoder dec(q);
@@ -523,9 +524,9 @@ TEST_CASE("speed configurations: index in one word, dense decode bit for bit lik
 }
 
 // The integer-stage rotation (matrix/quantized_matrix.hpp) written out plainly
-// from the row's points and gains: z = H_N y exactly in integers, factor
-// float(gain / sqrt(||y||^2 n)), float(z) * factor, the float butterfly stages
-// half = N .. n/2 in ascending order, then the signs.
+// from the row's points and gain levels: z = H_N y exactly in integers, float(z) * factor, the float butterfly stages
+// half = N .. n/2 in ascending order, then the signs; the factor is
+// float(s) * float(level / sqrt(||y||^2 n)).
 std::vector<float> integer_stage_oracle(const svq::quantized_matrix& q) {
     const svq::matrix_layout& l = q.layout();
     const std::size_t n = l.cols, dim = l.group_dim;
@@ -535,9 +536,10 @@ std::vector<float> integer_stage_oracle(const svq::quantized_matrix& q) {
     const std::span<const float> signs = rotation.signs();
     std::vector<float> out(l.rows * n);
     std::vector<int> y(n);
-    std::vector<double> gains(l.groups_per_row());
+    std::vector<double> levels(l.groups_per_row());
     for (std::size_t r = 0; r < l.rows; ++r) {
-        coder->decode_points(svq::bit_reader(q.words()), l.row_bit_offset(r), scales, y.data(), gains.data());
+        const double s =
+            coder->decode_points(svq::bit_reader(q.words()), l.row_bit_offset(r), scales, y.data(), levels.data());
         float* w = out.data() + r * n;
         for (std::size_t j = 0; j < l.groups_per_row(); ++j) {
             int* z = y.data() + j * dim;
@@ -550,7 +552,9 @@ std::vector<float> integer_stage_oracle(const svq::quantized_matrix& q) {
                         z[i] = a + c;
                         z[i + half] = a - c;
                     }
-            const auto factor = static_cast<float>(gains[j] / std::sqrt(static_cast<double>(e) * static_cast<double>(n)));
+            const float factor =
+                static_cast<float>(s) *
+                static_cast<float>(levels[j] / std::sqrt(static_cast<double>(e) * static_cast<double>(n)));
             for (std::size_t i = 0; i < dim; ++i) w[j * dim + i] = static_cast<float>(z[i]) * factor;
         }
         for (std::size_t half = dim; half < n; half *= 2)
@@ -588,7 +592,8 @@ TEST_CASE("integer-stage rotation: where it applies, and every decoder computes 
         {1024, explicit_config(16, 46, 4, 16, true)}, {256, explicit_config(32, 21, 1, 16, true)},
         {2048, explicit_config(32, 21, 2, 8, true)},  {32, explicit_config(16, 10, 2, 16, true)},
         {256, explicit_config(8, 11, 2, 16, true)},   {512, explicit_config(64, 6, 2, 16, true)},
-        {256, explicit_config(128, 187, 3, 16, true)}, {1024, explicit_config(128, 83, 1, 8, true)}};
+        {256, explicit_config(128, 187, 3, 16, true)}, {1024, explicit_config(128, 83, 1, 8, true)},
+        {256, explicit_config(16, 46, 7, 16, true)}};  // more unit factors than detail::dense_units tabulates
     for (const auto& [cols, c] : cases) {
         INFO(cols << " columns, " << svq::to_string(c));
         const std::vector<float> w = svq::examples::gaussian_matrix(rows, cols, 31 + cols);

@@ -129,16 +129,41 @@ private:
     std::size_t n_ = 0, done_ = 0;
 };
 
-// Dense path, the groups' factors: group j's float(row_levels[codes[j]] /
-// sqrt(E_j * norm)) with row_levels[c] = s * levels[c] (the product
-// detail::group_factor forms first), E_j the energy of its int8 pulses
-// (y8: groups * n), norm 1 or the row length: the doubles of group_factor_of.
-inline void dense_factors_scalar(const std::int8_t* y8, const std::uint32_t* codes, const double* row_levels,
-                                 std::size_t groups, std::size_t n, double norm, float* factors) noexcept {
+// Dense path, the second part of group_factor_of: unit_factor(level_c, E,
+// norm) for every gain code c and group energy E <= K^2 (||y||^2 <=
+// (sum |y_i|)^2), so a group's factor is float(s) * one table load instead
+// of a double division and square root. table is empty where it would pass
+// max_entries (many gain bits and pulses); at() then computes the same value.
+struct dense_units {
+    static constexpr std::size_t max_entries = std::size_t{1} << 18;  // 1 MB
+    std::vector<double> levels;
+    double norm = 1.0;
+    std::size_t stride = 0;    // K^2 + 1
+    std::vector<float> table;  // [c * stride + E]
+
+    dense_units() = default;
+    dense_units(std::span<const double> gain_levels, std::size_t pulses, double n)
+        : levels(gain_levels.begin(), gain_levels.end()), norm(n), stride(pulses * pulses + 1) {
+        if (levels.size() * stride > max_entries) return;
+        table.resize(levels.size() * stride);
+        for (std::size_t c = 0; c < levels.size(); ++c)
+            for (std::size_t e = 0; e < stride; ++e)
+                table[c * stride + e] = unit_factor(levels[c], static_cast<std::int64_t>(e), norm);
+    }
+    float at(std::uint32_t code, std::int64_t energy) const noexcept {
+        return table.empty() ? unit_factor(levels[code], energy, norm)
+                             : table[code * stride + static_cast<std::size_t>(energy)];
+    }
+};
+
+// Group j's factor float(s) * units.at(codes[j], E_j), E_j the energy of its
+// int8 pulses (y8: groups * n): group_factor_of's float.
+inline void dense_factors_scalar(const std::int8_t* y8, const std::uint32_t* codes, std::size_t groups,
+                                 std::size_t n, const dense_units& units, float scale, float* factors) noexcept {
     for (std::size_t j = 0; j < groups; ++j, y8 += n) {
         std::int64_t e = 0;
         for (std::size_t i = 0; i < n; ++i) e += y8[i] * y8[i];
-        factors[j] = group_factor_of(row_levels[codes[j]], e, norm);
+        factors[j] = scale * units.at(codes[j], e);
     }
 }
 
@@ -153,11 +178,18 @@ SVQ_GCC_AVX512_WARNINGS_OFF
 // are written (blocks of 8, then the rest), so the caller's work on those
 // groups overlaps the long divisions and square roots of the next block.
 template <std::size_t N, class After>
-inline void dense_factors_avx512(const std::int8_t* y8, const std::uint32_t* codes, const double* row_levels,
-                                 std::size_t groups, double norm, float* factors, After&& after) noexcept {
+inline void dense_factors_avx512(const std::int8_t* y8, const std::uint32_t* codes, std::size_t groups,
+                                 const dense_units& units, float scale, float* factors, After&& after) noexcept {
     static_assert(N == 16 || N == 32);
+    if (units.table.empty()) {  // no table: the formula, group by group
+        dense_factors_scalar(y8, codes, groups, N, units, scale, factors);
+        after(std::size_t{0}, groups);
+        return;
+    }
     constexpr std::size_t per_vector = 64 / N;  // groups per 64 bytes
     const __m512i ones = _mm512_set1_epi16(1);
+    const __m256i stride = _mm256_set1_epi32(static_cast<int>(units.stride));
+    const __m256 scale8 = _mm256_set1_ps(scale);
     const auto fours = [&](const std::int8_t* p) {  // 16 int32: sums of squares of 4 consecutive pulses
         const __m512i a = _mm512_abs_epi8(_mm512_loadu_si512(p));
         return _mm512_madd_epi16(_mm512_maddubs_epi16(a, a), ones);
@@ -174,14 +206,13 @@ inline void dense_factors_avx512(const std::int8_t* y8, const std::uint32_t* cod
         }
         // Group g's energy sits at lane g * N / 4 of the stored words.
         const __m256i idx = _mm256_set_epi32(7 * N / 4, 6 * N / 4, 5 * N / 4, 4 * N / 4, 3 * N / 4, 2 * N / 4, N / 4, 0);
-        const __m512d energy =
-            _mm512_mul_pd(_mm512_cvtepi32_pd(_mm256_i32gather_epi32(e, idx, 4)), _mm512_set1_pd(norm));
-        const __m512d lv = _mm512_i32gather_pd(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + j)),
-                                               row_levels, 8);
-        _mm256_storeu_ps(factors + j, _mm512_cvtpd_ps(_mm512_div_pd(lv, _mm512_sqrt_pd(energy))));
+        const __m256i energy = _mm256_i32gather_epi32(e, idx, 4);
+        const __m256i code = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + j));
+        const __m256i entry = _mm256_add_epi32(_mm256_mullo_epi32(code, stride), energy);  // < max_entries
+        _mm256_storeu_ps(factors + j, _mm256_mul_ps(scale8, _mm256_i32gather_ps(units.table.data(), entry, 4)));
         after(j, std::size_t{8});
     }
-    dense_factors_scalar(y8 + j * N, codes + j, row_levels, groups - j, N, norm, factors + j);
+    dense_factors_scalar(y8 + j * N, codes + j, groups - j, N, units, scale, factors + j);
     if (j < groups) after(j, groups - j);
 }
 
@@ -273,13 +304,14 @@ inline void int8_first_pass_avx512(const std::int8_t* z, const float* factors, u
 // two, a multiple of 64): z = H_N y in int8, then the float stages from
 // half = N, the first pass fused with the scaling. y8 is overwritten by z.
 template <std::size_t N>
-inline void integer_stage_dense_avx512(std::int8_t* y8, const std::uint32_t* codes, const double* row_levels,
-                                       std::size_t cols, const float* signs, float* factors, float* out) noexcept {
+inline void integer_stage_dense_avx512(std::int8_t* y8, const std::uint32_t* codes, const dense_units& units,
+                                       float scale, std::size_t cols, const float* signs, float* factors,
+                                       float* out) noexcept {
     constexpr unsigned shift = N == 16 ? 4 : 5;
     const std::size_t float_stages = static_cast<std::size_t>(std::countr_zero(cols)) - shift;
     const std::size_t first = std::min<std::size_t>(float_stages, 4);
     const int8_group_hadamard_avx512<N> transform;
-    dense_factors_avx512<N>(y8, codes, row_levels, cols / N, static_cast<double>(cols), factors,
+    dense_factors_avx512<N>(y8, codes, cols / N, units, scale, factors,
                             [&](std::size_t j, std::size_t count) { transform(y8, j * N, (j + count) * N); });
     const auto run = [&](auto st) {
         constexpr std::size_t S = decltype(st)::value;
@@ -297,14 +329,16 @@ SVQ_GCC_AVX512_WARNINGS_ON
 // Dense path, no integer-stage rotation: out = float(y_i) * factor (the
 // reference decoder's floats). y8: groups * n int8, out: groups * n floats,
 // factors: groups floats of scratch.
-inline void scale_dense_groups8(const std::int8_t* y8, const std::uint32_t* codes, const double* row_levels,
-                                std::size_t groups, std::size_t n, float* factors, float* out) noexcept {
+inline void scale_dense_groups8(const std::int8_t* y8, const std::uint32_t* codes, const dense_units& units,
+                                float scale, std::size_t groups, std::size_t n, float* factors, float* out) noexcept {
 #if defined(__AVX512F__) && defined(__AVX512BW__)
-    const auto scale = [&](std::size_t j, std::size_t count) { scale_dense8_avx512(y8, factors, j, count, n, out); };
-    if (n == 16) return dense_factors_avx512<16>(y8, codes, row_levels, groups, 1.0, factors, scale);
-    if (n == 32) return dense_factors_avx512<32>(y8, codes, row_levels, groups, 1.0, factors, scale);
+    const auto scale_groups = [&](std::size_t j, std::size_t count) {
+        scale_dense8_avx512(y8, factors, j, count, n, out);
+    };
+    if (n == 16) return dense_factors_avx512<16>(y8, codes, groups, units, scale, factors, scale_groups);
+    if (n == 32) return dense_factors_avx512<32>(y8, codes, groups, units, scale, factors, scale_groups);
 #endif
-    dense_factors_scalar(y8, codes, row_levels, groups, n, 1.0, factors);
+    dense_factors_scalar(y8, codes, groups, n, units, scale, factors);
     for (std::size_t j = 0; j < groups; ++j, y8 += n, out += n) {
         for (std::size_t i = 0; i < n; ++i) out[i] = static_cast<float>(y8[i]) * factors[j];
     }
@@ -313,16 +347,16 @@ inline void scale_dense_groups8(const std::int8_t* y8, const std::uint32_t* code
 // Dense path with the integer-stage rotation (detail::integer_stage_inverse,
 // bit for bit): y8 (cols int8, overwritten),
 // factors: cols / n floats of scratch, y: cols ints of scratch (the portable body).
-inline void integer_stage_dense(std::int8_t* y8, const std::uint32_t* codes, const double* row_levels,
+inline void integer_stage_dense(std::int8_t* y8, const std::uint32_t* codes, const dense_units& units, float scale,
                                 std::size_t n, std::size_t cols, const float* signs, float* factors, float* out,
                                 int* y) noexcept {
 #if defined(__AVX512F__) && defined(__AVX512BW__)
     if (cols % 64 == 0) {
-        if (n == 16) return integer_stage_dense_avx512<16>(y8, codes, row_levels, cols, signs, factors, out);
-        if (n == 32) return integer_stage_dense_avx512<32>(y8, codes, row_levels, cols, signs, factors, out);
+        if (n == 16) return integer_stage_dense_avx512<16>(y8, codes, units, scale, cols, signs, factors, out);
+        if (n == 32) return integer_stage_dense_avx512<32>(y8, codes, units, scale, cols, signs, factors, out);
     }
 #endif
-    dense_factors_scalar(y8, codes, row_levels, cols / n, n, static_cast<double>(cols), factors);
+    dense_factors_scalar(y8, codes, cols / n, n, units, scale, factors);
     for (std::size_t i = 0; i < cols; ++i) y[i] = y8[i];
     integer_stage_inverse(y, factors, n, cols, signs, out);
 }
@@ -395,6 +429,10 @@ public:
         }
         if (q.config().rotate) rotation_.emplace(l_.cols, q.config().seed);
         integer_ = detail::integer_stage_rotation(l_, rotation_ ? &*rotation_ : nullptr);
+        if (full_.dense()) {
+            units_1_ = detail::dense_units(gain_levels_, l_.pulses, 1.0);
+            if (integer_) units_n_ = detail::dense_units(gain_levels_, l_.pulses, static_cast<double>(l_.cols));
+        }
     }
 
     std::size_t rows() const noexcept { return l_.rows; }
@@ -408,7 +446,7 @@ public:
         if (full_.dense())
             decode_row_dense(r, out, sc);
         else
-            decode_row_impl(r, out, sc, [](std::size_t, const int*, std::size_t, float, double) {});
+            decode_row_impl(r, out, sc, [](std::size_t, const int*, std::size_t, float, double, double) {});
     }
 
     // All rows, row-major (rows * cols floats), bit-identical to quantized_matrix::dequantize.
@@ -432,15 +470,16 @@ public:
                 if (full_.dense()) {
                     decode_row_dense(r, row, sc, stream ? &streamer : nullptr, integer_);
                 } else if (integer_) {
-                    decode_row_impl(r, nullptr, sc, [&](std::size_t first_col, const int* p, std::size_t dim, float, double gain) {
+                    decode_row_impl(r, nullptr, sc, [&](std::size_t first_col, const int* p, std::size_t dim, float,
+                                                        double s, double level) {
                         std::copy_n(p, dim, sc.z.data() + first_col);
-                        sc.factors[first_col / dim] = detail::group_factor_of(gain, detail::pulse_energy(p, dim),
+                        sc.factors[first_col / dim] = detail::group_factor_of(s, level, detail::pulse_energy(p, dim),
                                                                                static_cast<double>(cols()));
                     });
                     detail::integer_stage_inverse(sc.z.data(), sc.factors.data(), l_.group_dim, cols(),
                                                   rotation_->signs().data(), row);
                 } else {
-                    decode_row_impl(r, row, sc, [](std::size_t, const int*, std::size_t, float, double) {});
+                    decode_row_impl(r, row, sc, [](std::size_t, const int*, std::size_t, float, double, double) {});
                 }
                 if (rotation_ && !integer_) rotation_->inverse(std::span<float>(row, cols()), scratch);
                 if (stream) {
@@ -488,7 +527,7 @@ public:
                 }
                 std::fill(acc.begin(), acc.end(), 0.0f);
                 decode_row_impl(
-                    r, nullptr, sc, [&](std::size_t first_col, const int* p, std::size_t dim, float factor, double) {
+                    r, nullptr, sc, [&](std::size_t first_col, const int* p, std::size_t dim, float factor, double, double) {
                         for (std::size_t c = 0; c < batch; ++c)
                             acc[c] += factor * detail::pulse_dot(p, xr.data() + c * cols() + first_col, dim);
                     });
@@ -511,7 +550,6 @@ private:
         pvq_split_index::unrank_workspace ws;
         pvq_split_index::dense_workspace dense;
         std::vector<std::int8_t> y8;  // dense path: the row's full-group pulses
-        std::vector<double> row_levels;  // dense path: s * gain level, per code
         detail::aligned_floats row;   // dense gemv: the decoded row (rotated domain)
         std::vector<float> factors;   // the row's group factors
         std::vector<int> z;           // integer-stage rotation: the row's points
@@ -525,7 +563,6 @@ private:
         if (integer_) s.z.resize(l_.cols);
         if (full_.dense()) {
             s.y8.resize(l_.full_groups * l_.group_dim);
-            s.row_levels.resize(gain_levels_.size());
             s.row.resize(l_.cols);
         }
         return s;
@@ -590,14 +627,13 @@ private:
             full_.unrank_dense(index, full, sc.y8.data(), sc.dense, [stream]() noexcept { stream->step(16); });
         else
             full_.unrank_dense(index, full, sc.y8.data(), sc.dense);
-        double* row_levels = sc.row_levels.data();
-        for (std::size_t c = 0; c < gain_levels_.size(); ++c) row_levels[c] = s * gain_levels_[c];
+        const auto scale = static_cast<float>(s);
         if (integer) {
-            detail::integer_stage_dense(sc.y8.data(), codes, row_levels, n, l_.cols, rotation_->signs().data(),
+            detail::integer_stage_dense(sc.y8.data(), codes, units_n_, scale, n, l_.cols, rotation_->signs().data(),
                                         sc.factors.data(), out, sc.z.data());
             return;
         }
-        detail::scale_dense_groups8(sc.y8.data(), codes, row_levels, full, n, sc.factors.data(), out);
+        detail::scale_dense_groups8(sc.y8.data(), codes, units_1_, scale, full, n, sc.factors.data(), out);
         int* y = sc.y.data();
         if (l_.tail_dim != 0) {
             std::array<std::uint64_t, detail::max_split_limbs> tail_index{};
@@ -620,7 +656,7 @@ private:
     // Decodes row r: reads every group's index and gain code, unranks the full
     // groups together (pvq_split_index::unrank_batch), then per group writes
     // the scaled floats to out (when not null) and calls
-    // on_group(first column, pulses, dim, factor, gain = row scale * level).
+    // on_group(first column, pulses, dim, factor, row scale, gain level).
     template <class OnGroup>
     void decode_row_impl(std::size_t r, float* out, row_scratch& sc, OnGroup&& on_group) const {
         const bit_reader in(q_->words());
@@ -653,10 +689,10 @@ private:
             const bool full = j < l_.full_groups;
             const std::size_t dim = full ? l_.group_dim : l_.tail_dim;
             const int* y = sc.y.data() + j * l_.group_dim;
-            const double gain = s * (full ? gain_levels_ : tail_levels_)[codes[j]];
-            const float factor = detail::group_factor_of(gain, detail::pulse_energy(y, dim));
+            const double level = (full ? gain_levels_ : tail_levels_)[codes[j]];
+            const float factor = detail::group_factor_of(s, level, detail::pulse_energy(y, dim));
             if (out != nullptr) detail::scale_pulses(y, factor, out + j * l_.group_dim, dim);
-            on_group(j * l_.group_dim, y, dim, factor, gain);
+            on_group(j * l_.group_dim, y, dim, factor, s, level);
         }
     }
 
@@ -668,6 +704,7 @@ private:
     std::vector<double> gain_levels_, tail_levels_;
     std::optional<hadamard_rotation> rotation_;
     bool integer_ = false;  // detail::integer_stage_rotation
+    detail::dense_units units_1_, units_n_;  // dense path: norm 1 and cols
 };
 
 }  // namespace svq

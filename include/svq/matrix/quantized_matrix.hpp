@@ -108,10 +108,10 @@ public:
     // out: cols floats (not yet inverse-rotated).
     virtual void decode_row(const bit_reader& in, std::size_t bit_offset, const row_scale_codec& scales,
                             float* out) const = 0;
-    // The row's points and gains before scaling: y: cols ints (group j's point at
-    // j * group_dim), gains: groups_per_row values, row scale * gain level.
-    virtual void decode_points(const bit_reader& in, std::size_t bit_offset, const row_scale_codec& scales, int* y,
-                               double* gains) const = 0;
+    // The row's points and gain levels before scaling: y: cols ints (group j's
+    // point at j * group_dim), levels: groups_per_row values. Returns the row scale.
+    virtual double decode_points(const bit_reader& in, std::size_t bit_offset, const row_scale_codec& scales, int* y,
+                                 double* levels) const = 0;
 
     // The parts encode_row is made of, for encoders that choose points and
     // gains their own way (hessian/gptq.hpp) but keep the format.
@@ -132,17 +132,22 @@ public:
 
 // Gain quantizer of a group of `dim` weights in a row of `cols`, for gains
 // normalised by the row scale.
-// The decoder's multiplier of a group's pulses: row scale * gain level / ||y||,
-// rounded to float once. Every path that needs the decoded values (decode_row,
-// the fast decoder, the Hessian quantizer's feedback) uses it, so they agree bit for bit.
-// gain = row scale * level, energy = ||y||^2; norm: 1, or the row length n
-// when the inverse rotation's 1/sqrt(n) rides in the factor (the integer-stage
-// rotation below): float(gain / sqrt(energy * n)).
-inline float group_factor_of(double gain, std::int64_t energy, double norm = 1.0) noexcept {
-    return static_cast<float>(gain / std::sqrt(static_cast<double>(energy) * norm));
+// The decoder's multiplier of a group's pulses, row scale * gain level / ||y||,
+// as float(s) * float(level / sqrt(||y||^2 norm)): the second factor depends on
+// the group's code and energy only, so a fast decoder takes it from a table
+// (kernels/gemv.hpp) instead of a double division and square root per group.
+// norm: 1, or the row length n when the inverse rotation's 1/sqrt(n) rides in
+// the factor (the integer-stage rotation below). Every path that needs the
+// decoded values (decode_row, the fast decoder, the Hessian quantizer's
+// feedback) uses it, so they agree bit for bit.
+inline float unit_factor(double level, std::int64_t energy, double norm = 1.0) noexcept {
+    return static_cast<float>(level / std::sqrt(static_cast<double>(energy) * norm));
+}
+inline float group_factor_of(double row_scale, double level, std::int64_t energy, double norm = 1.0) noexcept {
+    return static_cast<float>(row_scale) * unit_factor(level, energy, norm);
 }
 inline float group_factor(double row_scale, double level, const int* y, std::size_t dim) noexcept {
-    return group_factor_of(row_scale * level, pulse_energy(y, dim));
+    return group_factor_of(row_scale, level, pulse_energy(y, dim));
 }
 
 // The integer-stage inverse rotation. Where R is one Walsh-Hadamard block
@@ -152,7 +157,7 @@ inline float group_factor(double row_scale, double level, const int* y, std::siz
 // one factor per group: they are done exactly on the integer pulses
 // (z_j = H_N y_j, |partial sums| <= K), the 1/sqrt(n) rides in the factor,
 // and only the stages from half = N on run in floats. Decoded row:
-//   w = D (stages half = N .. n/2)(float(z_j,i) * float(s l_j / sqrt(||y_j||^2 n)))
+//   w = D (stages half = N .. n/2)(float(z_j,i) * group_factor_of(s, l_j, ||y_j||^2, n))
 // (fewer roundings than scaling first and transforming all log2 n stages in
 // floats). Every decoder of such a matrix computes exactly this, bit for bit.
 inline bool integer_stage_rotation(const matrix_layout& l, const hadamard_rotation* r) noexcept {
@@ -230,17 +235,17 @@ public:
     void decode_row(const bit_reader& in, std::size_t offset, const row_scale_codec& scales,
                     float* out) const override {
         std::vector<int> y(l_.cols);
-        std::vector<double> gains(l_.groups_per_row());
-        decode_points(in, offset, scales, y.data(), gains.data());
+        std::vector<double> levels(l_.groups_per_row());
+        const double s = decode_points(in, offset, scales, y.data(), levels.data());
         for (std::size_t j = 0; j < l_.groups_per_row(); ++j) {
             const std::size_t first = j * l_.group_dim, dim = group_dim(j);
-            const float factor = group_factor_of(gains[j], pulse_energy(y.data() + first, dim));
+            const float factor = group_factor_of(s, levels[j], pulse_energy(y.data() + first, dim));
             scale_pulses(y.data() + first, factor, out + first, dim);
         }
     }
 
-    void decode_points(const bit_reader& in, std::size_t offset, const row_scale_codec& scales, int* y,
-                       double* gains) const override {
+    double decode_points(const bit_reader& in, std::size_t offset, const row_scale_codec& scales, int* y,
+                         double* levels) const override {
         const double s = scales.decode(static_cast<std::uint32_t>(in.read(offset, l_.row_scale_bits)));
         offset += l_.row_scale_bits;
         for (std::size_t j = 0; j < l_.groups_per_row(); ++j) {
@@ -251,8 +256,9 @@ public:
             const auto code = static_cast<std::uint32_t>(in.read(offset, l_.gain_bits));
             offset += l_.gain_bits;
             (full ? full_ : *tail_).unrank(index, std::span<int>(y + j * l_.group_dim, dim));  // svq::corrupt_data for an index >= V
-            gains[j] = s * quantizer(j).levels()[code];
+            levels[j] = quantizer(j).levels()[code];
         }
+        return s;
     }
 
 private:
@@ -412,7 +418,7 @@ private:
     struct row_buffers {
         std::vector<float> scratch;  // the rotation's
         std::vector<int> y;          // integer-stage rotation: the row's points
-        std::vector<double> gains;
+        std::vector<double> levels;
         std::vector<float> factors;
     };
     row_buffers make_buffers() const {
@@ -420,7 +426,7 @@ private:
         if (rotation_) b.scratch.resize(rotation_->scratch_size());
         if (integer_stages()) {
             b.y.resize(cols());
-            b.gains.resize(layout_.groups_per_row());
+            b.levels.resize(layout_.groups_per_row());
             b.factors.resize(layout_.groups_per_row());
         }
         return b;
@@ -433,10 +439,10 @@ private:
     void decode_original(const bit_reader& in, std::size_t r, float* out, row_buffers& b) const {
         const std::size_t offset = layout_.row_bit_offset(r);
         if (integer_stages()) {
-            coder_->decode_points(in, offset, scales_, b.y.data(), b.gains.data());
+            const double s = coder_->decode_points(in, offset, scales_, b.y.data(), b.levels.data());
             const std::size_t n = layout_.group_dim;
-            for (std::size_t j = 0; j < b.gains.size(); ++j)
-                b.factors[j] = detail::group_factor_of(b.gains[j], detail::pulse_energy(b.y.data() + j * n, n),
+            for (std::size_t j = 0; j < b.levels.size(); ++j)
+                b.factors[j] = detail::group_factor_of(s, b.levels[j], detail::pulse_energy(b.y.data() + j * n, n),
                                                        static_cast<double>(cols()));
             detail::integer_stage_inverse(b.y.data(), b.factors.data(), n, cols(), rotation_->signs().data(), out);
             return;
