@@ -113,6 +113,28 @@ public:
         done_ = end;
 #endif
     }
+    // The whole lines still to write, as a value that a loop keeps in
+    // registers (a member reached through a pointer is reloaded after every
+    // int8 store, which may alias it): each call writes one line, until none
+    // is left. give_back() records what it wrote.
+    struct lines {
+        const float* src;
+        float* dst;
+        std::size_t left;
+        void operator()() noexcept {
+            if (left == 0) return;
+#if defined(__AVX512F__)
+            _mm512_stream_ps(dst, _mm512_loadu_ps(src));
+#else
+            std::copy(src, src + 16, dst);
+#endif
+            src += 16;
+            dst += 16;
+            --left;
+        }
+    };
+    lines take() const noexcept { return {src_ + done_, dst_ + done_, (n_ - done_) / 16}; }
+    void give_back(const lines& l) noexcept { done_ = static_cast<std::size_t>(l.src - src_); }
     void finish() noexcept {
         step(n_);
         for (; done_ < n_; ++done_) dst_[done_] = src_[done_];
@@ -623,9 +645,11 @@ private:
                                     index[j], n, l_.pulses, size));
         // The previous row (dequantize) streams out during the walk: one
         // 16-float line per node of the walk's last level, as many as the row has.
-        if (stream != nullptr)
-            full_.unrank_dense(index, full, sc.y8.data(), sc.dense, [stream]() noexcept { stream->step(16); });
-        else
+        if (stream != nullptr) {
+            detail::row_streamer::lines lines = stream->take();
+            full_.unrank_dense(index, full, sc.y8.data(), sc.dense, lines);
+            stream->give_back(lines);
+        } else
             full_.unrank_dense(index, full, sc.y8.data(), sc.dense);
         const auto scale = static_cast<float>(s);
         if (integer) {

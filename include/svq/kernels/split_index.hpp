@@ -813,13 +813,19 @@ public:
     // per node of the last level (per 16 coordinates with four-way nodes,
     // else per 4) while the points are written, so that a caller's memory
     // traffic (the matrix decoder streams its previous row out) spreads over
-    // the walk instead of waiting for it.
+    // the walk instead of waiting for it. The walk runs a copy of tick (kept
+    // in registers: the int8 stores could alias a referenced state) and
+    // assigns it back at the end.
     struct no_tick {
         void operator()() const noexcept {}
     };
-    template <class Tick = no_tick>
+    void unrank_dense(const std::uint64_t* index, std::size_t count, std::int8_t* y, dense_workspace& ws) const {
+        no_tick none;
+        unrank_dense(index, count, y, ws, none);
+    }
+    template <class Tick>
     void unrank_dense(const std::uint64_t* index, std::size_t count, std::int8_t* y, dense_workspace& ws,
-                      Tick&& tick = {}) const {
+                      Tick& tick) const {
         const level& last = levels_[static_cast<std::size_t>(dense_levels_.back())];
         const std::size_t nodes = count * dim_ / last.n;
         for (int b = 0; b < 2; ++b) {
@@ -862,8 +868,9 @@ public:
         const std::uint32_t* leaf = leaf4_.data();
         const std::uint32_t* start = leaf_start32_.data();
         const std::size_t leaf_k = leaf_k_;
+        Tick local = tick;
         for (std::size_t i = 0; i < m; ++i) {
-            tick();
+            local();
             const std::size_t k = kin[i];
             std::int8_t* out = y + 4 * i;
             if (k < leaf_k) [[likely]] {
@@ -875,6 +882,7 @@ public:
                 for (int t = 0; t < 4; ++t) out[t] = static_cast<std::int8_t>(tmp[t]);
             }
         }
+        tick = local;
     }
 
     // Checked: svq::corrupt_data for an index >= V(N, K).
@@ -1242,8 +1250,9 @@ private:
             else
                 return r / q.d;
         };
+        Tick local = tick;
         for (std::size_t i = 0; i < m; ++i) {
-            tick();
+            local();
             const std::uint32_t p = parts[i];
             std::int8_t* out = y + 16 * i;
             if constexpr (!Root) {
@@ -1279,6 +1288,7 @@ private:
                 }
             }
         }
+        tick = local;
     }
     void quad_general(std::size_t k, std::uint64_t r, std::int8_t* out) const noexcept {
         int tmp[16];
