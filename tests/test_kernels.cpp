@@ -71,6 +71,15 @@ void check_against_definition(std::size_t n, std::size_t k, int count, std::uint
 
 using svq::test::explicit_config;
 
+// dec.dequantize with one thread and with two, each equal to ref bit for bit.
+void require_dequantize_equals(const svq::matrix_decoder& dec, const std::vector<float>& ref) {
+    std::vector<float> one(ref.size(), -1.0f), two(ref.size(), -2.0f);
+    dec.dequantize(one);
+    dec.dequantize(two, 2);
+    REQUIRE(std::memcmp(one.data(), ref.data(), ref.size() * sizeof(float)) == 0);
+    REQUIRE(std::memcmp(two.data(), ref.data(), ref.size() * sizeof(float)) == 0);
+}
+
 // gemv of `vectors` vectors one at a time, batched, and batched on two
 // threads: the three bit-identical (the same operations per vector). Returns
 // the largest |y - W x| / sum_i |w_i x_i| against W x in double, W = wq.
@@ -277,12 +286,8 @@ TEST_CASE("matrix_decoder dequantizes bit for bit like quantized_matrix") {
         const svq::quantized_matrix q = svq::quantize(w, rows, cols, c);
         const std::vector<float> ref = q.dequantize();
         const svq::matrix_decoder dec(q);
-        std::vector<float> fast(rows * cols, -1.0f), two(rows * cols, -2.0f);
-        dec.dequantize(fast);
-        dec.dequantize(two, 2);
         INFO(svq::to_string(c));
-        REQUIRE(std::memcmp(fast.data(), ref.data(), ref.size() * sizeof(float)) == 0);
-        REQUIRE(std::memcmp(two.data(), ref.data(), ref.size() * sizeof(float)) == 0);
+        require_dequantize_equals(dec, ref);
         // The codec still reaches its SQNR in the new index order (same points, other indices).
         double e = 0, d = 0;
         for (std::size_t i = 0; i < w.size(); ++i) {
@@ -510,11 +515,7 @@ TEST_CASE("speed configurations: index in one word, dense decode bit for bit lik
             const svq::matrix_decoder dec(q);
             REQUIRE(dec.full_index().dense());
             const std::vector<float> ref = q.dequantize();
-            std::vector<float> one(rows * cols, -1.0f), two(rows * cols, -2.0f);
-            dec.dequantize(one);
-            dec.dequantize(two, 2);
-            REQUIRE(std::memcmp(one.data(), ref.data(), ref.size() * sizeof(float)) == 0);
-            REQUIRE(std::memcmp(two.data(), ref.data(), ref.size() * sizeof(float)) == 0);
+            require_dequantize_equals(dec, ref);
             // gemv: single == batched == two threads, and close to W x in double.
             const double worst = checked_gemv_error(dec, ref, x, rows, cols, 8);
             INFO("largest |y - W x| / sum |w_i x_i| = " << worst);
@@ -604,11 +605,8 @@ TEST_CASE("integer-stage rotation: where it applies, and every decoder computes 
         const std::vector<float> oracle = integer_stage_oracle(q);
         REQUIRE(std::memcmp(ref.data(), oracle.data(), ref.size() * sizeof(float)) == 0);
         const svq::matrix_decoder dec(q);
-        std::vector<float> one(ref.size(), -1.0f), two(ref.size(), -2.0f), row(cols);
-        dec.dequantize(one);
-        dec.dequantize(two, 2);
-        REQUIRE(std::memcmp(one.data(), ref.data(), ref.size() * sizeof(float)) == 0);
-        REQUIRE(std::memcmp(two.data(), ref.data(), ref.size() * sizeof(float)) == 0);
+        require_dequantize_equals(dec, ref);
+        std::vector<float> row(cols);
         q.decode_row(rows - 1, row);
         REQUIRE(std::memcmp(row.data(), ref.data() + (rows - 1) * cols, cols * sizeof(float)) == 0);
         // Against the exact value R^T (rotated-domain row) in double: a few float roundings.
@@ -638,11 +636,7 @@ TEST_CASE("dequantize of an 8 MB output (rows streamed out during the next row's
         const svq::matrix_decoder dec(q);
         REQUIRE(dec.full_index().dense());
         const std::vector<float> ref = q.dequantize();
-        std::vector<float> one(ref.size(), -1.0f), two(ref.size(), -2.0f);
-        dec.dequantize(one);
-        dec.dequantize(two, 2);
-        REQUIRE(std::memcmp(one.data(), ref.data(), ref.size() * sizeof(float)) == 0);
-        REQUIRE(std::memcmp(two.data(), ref.data(), ref.size() * sizeof(float)) == 0);
+        require_dequantize_equals(dec, ref);
     }
 }
 

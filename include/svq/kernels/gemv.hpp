@@ -103,16 +103,6 @@ public:
         }
 #endif
     }
-    // Up to `floats` more (whole lines on AVX-512).
-    void step(std::size_t floats) noexcept {
-        const std::size_t end = std::min(n_, done_ + floats);
-#if defined(__AVX512F__)
-        for (; done_ + 16 <= end; done_ += 16) _mm512_stream_ps(dst_ + done_, _mm512_loadu_ps(src_ + done_));
-#else
-        std::copy(src_ + done_, src_ + end, dst_ + done_);
-        done_ = end;
-#endif
-    }
     // The whole lines still to write, as a value that a loop keeps in
     // registers (a member reached through a pointer is reloaded after every
     // int8 store, which may alias it): each call writes one line, until none
@@ -136,7 +126,9 @@ public:
     lines take() const noexcept { return {src_ + done_, dst_ + done_, (n_ - done_) / 16}; }
     void give_back(const lines& l) noexcept { done_ = static_cast<std::size_t>(l.src - src_); }
     void finish() noexcept {
-        step(n_);
+        lines rest = take();
+        while (rest.left != 0) rest();
+        give_back(rest);
         for (; done_ < n_; ++done_) dst_[done_] = src_[done_];
     }
     static void fence() noexcept {
@@ -193,12 +185,12 @@ inline void dense_factors_scalar(const std::int8_t* y8, const std::uint32_t* cod
 // AVX-512 BW for n = 16 and 32 (xsimd 8.1 has no int8 widening, hence
 // intrinsics): energies of 64 bytes at once (|y| squared and summed by pairs
 // in int16: a pair holds at most K^2 <= 127^2; then by fours in int32, then
-// within each group), eight factors per IEEE divide and square root (the
-// same doubles as the scalar formula: E * norm is exact).
+// within each group), eight factors per vector as float(s) times a gather
+// from units' table (the floats of dense_factors_scalar).
 SVQ_GCC_AVX512_WARNINGS_OFF
 // after(first, count): called once the factors of groups [first, first + count)
 // are written (blocks of 8, then the rest), so the caller's work on those
-// groups overlaps the long divisions and square roots of the next block.
+// groups overlaps the next block's gathers.
 template <std::size_t N, class After>
 inline void dense_factors_avx512(const std::int8_t* y8, const std::uint32_t* codes, std::size_t groups,
                                  const dense_units& units, float scale, float* factors, After&& after) noexcept {
@@ -468,7 +460,7 @@ public:
         if (full_.dense())
             decode_row_dense(r, out, sc);
         else
-            decode_row_impl(r, out, sc, [](std::size_t, const int*, std::size_t, float, double, double) {});
+            decode_row_impl(r, out, sc, [](std::size_t, const int*, std::size_t, float) {});
     }
 
     // All rows, row-major (rows * cols floats), bit-identical to quantized_matrix::dequantize.
@@ -491,17 +483,17 @@ public:
                 float* row = stream ? buffers.data() + (r % 2) * cols() : dst;
                 if (full_.dense()) {
                     decode_row_dense(r, row, sc, stream ? &streamer : nullptr, integer_);
-                } else if (integer_) {
-                    decode_row_impl(r, nullptr, sc, [&](std::size_t first_col, const int* p, std::size_t dim, float,
-                                                        double s, double level) {
-                        std::copy_n(p, dim, sc.z.data() + first_col);
-                        sc.factors[first_col / dim] = detail::group_factor_of(s, level, detail::pulse_energy(p, dim),
-                                                                               static_cast<double>(cols()));
-                    });
-                    detail::integer_stage_inverse(sc.z.data(), sc.factors.data(), l_.group_dim, cols(),
+                } else if (integer_) {  // the factors with norm cols, then the row's points in place
+                    decode_row_impl(
+                        r, nullptr, sc,
+                        [&](std::size_t first_col, const int*, std::size_t dim, float factor) {
+                            sc.factors[first_col / dim] = factor;
+                        },
+                        static_cast<double>(cols()));
+                    detail::integer_stage_inverse(sc.y.data(), sc.factors.data(), l_.group_dim, cols(),
                                                   rotation_->signs().data(), row);
                 } else {
-                    decode_row_impl(r, row, sc, [](std::size_t, const int*, std::size_t, float, double, double) {});
+                    decode_row_impl(r, row, sc, [](std::size_t, const int*, std::size_t, float) {});
                 }
                 if (rotation_ && !integer_) rotation_->inverse(std::span<float>(row, cols()), scratch);
                 if (stream) {
@@ -549,7 +541,7 @@ public:
                 }
                 std::fill(acc.begin(), acc.end(), 0.0f);
                 decode_row_impl(
-                    r, nullptr, sc, [&](std::size_t first_col, const int* p, std::size_t dim, float factor, double, double) {
+                    r, nullptr, sc, [&](std::size_t first_col, const int* p, std::size_t dim, float factor) {
                         for (std::size_t c = 0; c < batch; ++c)
                             acc[c] += factor * detail::pulse_dot(p, xr.data() + c * cols() + first_col, dim);
                     });
@@ -574,7 +566,6 @@ private:
         std::vector<std::int8_t> y8;  // dense path: the row's full-group pulses
         detail::aligned_floats row;   // dense gemv: the decoded row (rotated domain)
         std::vector<float> factors;   // the row's group factors
-        std::vector<int> z;           // integer-stage rotation: the row's points
     };
     row_scratch make_scratch() const {
         row_scratch s;
@@ -582,7 +573,6 @@ private:
         s.y.resize(l_.groups_per_row() * l_.group_dim);
         s.codes.resize(l_.groups_per_row());
         s.factors.resize(l_.groups_per_row());
-        if (integer_) s.z.resize(l_.cols);
         if (full_.dense()) {
             s.y8.resize(l_.full_groups * l_.group_dim);
             s.row.resize(l_.cols);
@@ -654,7 +644,7 @@ private:
         const auto scale = static_cast<float>(s);
         if (integer) {
             detail::integer_stage_dense(sc.y8.data(), codes, units_n_, scale, n, l_.cols, rotation_->signs().data(),
-                                        sc.factors.data(), out, sc.z.data());
+                                        sc.factors.data(), out, sc.y.data());
             return;
         }
         detail::scale_dense_groups8(sc.y8.data(), codes, units_1_, scale, full, n, sc.factors.data(), out);
@@ -680,9 +670,10 @@ private:
     // Decodes row r: reads every group's index and gain code, unranks the full
     // groups together (pvq_split_index::unrank_batch), then per group writes
     // the scaled floats to out (when not null) and calls
-    // on_group(first column, pulses, dim, factor, row scale, gain level).
+    // on_group(first column, pulses, dim, factor). norm: group_factor_of's (1,
+    // or cols for the integer-stage rotation). The pulses stay in sc.y.
     template <class OnGroup>
-    void decode_row_impl(std::size_t r, float* out, row_scratch& sc, OnGroup&& on_group) const {
+    void decode_row_impl(std::size_t r, float* out, row_scratch& sc, OnGroup&& on_group, double norm = 1.0) const {
         const bit_reader in(q_->words());
         std::size_t offset = l_.row_bit_offset(r);
         const double s = scales_.decode(static_cast<std::uint32_t>(in.read(offset, l_.row_scale_bits)));
@@ -714,9 +705,9 @@ private:
             const std::size_t dim = full ? l_.group_dim : l_.tail_dim;
             const int* y = sc.y.data() + j * l_.group_dim;
             const double level = (full ? gain_levels_ : tail_levels_)[codes[j]];
-            const float factor = detail::group_factor_of(s, level, detail::pulse_energy(y, dim));
+            const float factor = detail::group_factor_of(s, level, detail::pulse_energy(y, dim), norm);
             if (out != nullptr) detail::scale_pulses(y, factor, out + j * l_.group_dim, dim);
-            on_group(j * l_.group_dim, y, dim, factor, s, level);
+            on_group(j * l_.group_dim, y, dim, factor);
         }
     }
 

@@ -17,6 +17,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstddef>
@@ -190,57 +191,53 @@ inline void fwht_passes(Arch, T* data, std::size_t n, std::size_t first, T scale
     }
 }
 
-// SIMD body. data: n values, n a power of two (n >= 1); post: null or n
-// values to multiply the result by (bit-identical to multiplying after the
-// transform). Transforms shorter than one batch take the scalar body. Pass 1
-// runs the in-batch stages on each batch; the remaining stages (half >=
-// lanes) run in fwht_passes.
-template <class Arch, class T>
-inline void fwht_kernel(Arch, T* data, std::size_t n, const T* post = nullptr) noexcept {
+// SIMD body of the stages half = first .. n / 2, then (when Scale) times
+// scale_value, then (post not null) times post[i]: each element meets the
+// operations of the scalar bodies in their order. Lengths below one batch
+// take the scalar body. The in-batch stages (half < lanes) run on each
+// batch in registers; the rest run in fwht_passes, the scale and post in
+// the last pass.
+template <bool Scale, class Arch, class T>
+inline void hadamard_stages_body(Arch, T* data, std::size_t n, std::size_t first, T scale_value,
+                                 const T* post) noexcept {
     using batch = xsimd::batch<T, Arch>;
     constexpr std::size_t lanes = batch::size;
     if (n < lanes) {
-        fwht_scalar(data, n);
+        hadamard_stages_scalar<T>(data, n, first, nullptr);
+        if constexpr (Scale)
+            for (std::size_t i = 0; i < n; ++i) data[i] *= scale_value;
         if (post != nullptr)
             for (std::size_t i = 0; i < n; ++i) data[i] *= post[i];
         return;
     }
-    const T scale_value = fwht_scale<T>(n);
-    const fwht_lane_signs<Arch, T> signs;
-    const batch scale(scale_value);
-    for (std::size_t i = 0; i < n; i += lanes) {
-        batch x = fwht_in_register_from<Arch, T>(batch::load_unaligned(data + i), signs.v, 1);
-        if (n == lanes) {
-            x = x * scale;
-            if (post != nullptr) x = x * batch::load_unaligned(post + i);
+    const bool ends_in_register = first >= n || n == lanes;  // no cross-batch pass follows
+    if (first < lanes || ends_in_register) {
+        const fwht_lane_signs<Arch, T> signs;
+        const batch scale(scale_value);
+        for (std::size_t i = 0; i < n; i += lanes) {
+            batch x = fwht_in_register_from<Arch, T>(batch::load_unaligned(data + i), signs.v, first);
+            if (ends_in_register) {
+                if constexpr (Scale) x = x * scale;
+                if (post != nullptr) x = x * batch::load_unaligned(post + i);
+            }
+            x.store_unaligned(data + i);
         }
-        x.store_unaligned(data + i);
+        first = std::max(first, lanes);
     }
-    fwht_passes<true>(Arch{}, data, n, lanes, scale_value, post);
+    fwht_passes<Scale>(Arch{}, data, n, first, scale_value, post);
+}
+
+// The orthonormal transform (SIMD body of fwht_scalar; post: null or n values
+// to multiply the result by, bit-identical to multiplying after the transform).
+template <class Arch, class T>
+inline void fwht_kernel(Arch, T* data, std::size_t n, const T* post = nullptr) noexcept {
+    hadamard_stages_body<true>(Arch{}, data, n, 1, fwht_scale<T>(n), post);
 }
 
 // SIMD body of hadamard_stages_scalar, bit-identical to it.
 template <class Arch, class T>
 inline void hadamard_stages_kernel(Arch, T* data, std::size_t n, std::size_t first, const T* post) noexcept {
-    using batch = xsimd::batch<T, Arch>;
-    constexpr std::size_t lanes = batch::size;
-    if (n < lanes) return hadamard_stages_scalar(data, n, first, post);
-    if (first >= n) {  // no stage: only the post factors
-        if (post != nullptr)
-            for (std::size_t i = 0; i < n; i += lanes)
-                (batch::load_unaligned(data + i) * batch::load_unaligned(post + i)).store_unaligned(data + i);
-        return;
-    }
-    if (first < lanes) {
-        const fwht_lane_signs<Arch, T> signs;
-        for (std::size_t i = 0; i < n; i += lanes) {
-            batch x = fwht_in_register_from<Arch, T>(batch::load_unaligned(data + i), signs.v, first);
-            if (n == lanes && post != nullptr) x = x * batch::load_unaligned(post + i);
-            x.store_unaligned(data + i);
-        }
-        first = lanes;
-    }
-    fwht_passes<false>(Arch{}, data, n, first, T(1), post);
+    hadamard_stages_body<false>(Arch{}, data, n, first, T(1), post);
 }
 
 template <class T>
