@@ -352,10 +352,11 @@ TEST_CASE("dense unrank == the plain definition on random indices (one-word conf
     };
     // The speed configurations at ~2 / 3 / 4 bpw and neighbours: N = 8, 16, 32;
     // (16, 46) and (8, 30) meet 4-coordinate nodes above the P(4, k) table's
-    // reach (the fallback), (32, 21) and (16, 46) a root whose r d passes 2^64
-    // (the multiply-high with a correction), the others the exact one.
-    for (const nk c :
-         {nk{16, 10}, nk{16, 22}, nk{16, 46}, nk{32, 21}, nk{8, 5}, nk{8, 11}, nk{8, 30}, nk{16, 1}, nk{32, 2}}) {
+    // reach (the fallback); (128, 11) and (16, 56) have indices past 2^62,
+    // where the divisions take the divide instruction instead of a
+    // multiply-high (a binary root and a four-way root).
+    for (const nk c : {nk{16, 10}, nk{16, 22}, nk{16, 46}, nk{32, 21}, nk{8, 5}, nk{8, 11}, nk{8, 30}, nk{16, 1},
+                       nk{32, 2}, nk{128, 11}, nk{16, 56}}) {
         const svq::pvq_split_index fast(c.n, c.k);
         const svq::pvq_split_lattice<std::uint64_t> plain(c.n, c.k);
         INFO("N = " << c.n << " K = " << c.k);
@@ -454,9 +455,10 @@ TEST_CASE("dense walk == the plain definition at every composition and root boun
     // Roots of 16 (four-way: every composition offset of K and its
     // neighbours), of 32 and 64 (binary roots over four-way nodes: every
     // boundary of the root row), of 8 (no four-way node); (8, 16) and
-    // (16, 46) meet quarters past the P(4, k) table; then random indices.
+    // (16, 46) meet quarters past the P(4, k) table; (128, 11) and (16, 56)
+    // indices past 2^62 (the divide instruction); then random indices.
     for (const nk c : {nk{16, 10}, nk{16, 22}, nk{16, 46}, nk{32, 21}, nk{8, 5}, nk{8, 11}, nk{8, 30}, nk{16, 1},
-                       nk{32, 2}, nk{64, 6}, nk{8, 16}}) {
+                       nk{32, 2}, nk{64, 6}, nk{8, 16}, nk{128, 11}, nk{16, 56}}) {
         const svq::pvq_split_index ix(c.n, c.k);
         const svq::pvq_split_lattice<std::uint64_t> plain(c.n, c.k);
         INFO("N = " << c.n << " K = " << c.k);

@@ -628,10 +628,10 @@ public:
         b += 4 * leaf4_.size() + sizeof(std::size_t) * leaf_start_.size() + 8 * leaf8_.size() +
              sizeof(std::size_t) * leaf8_start_.size();
         for (const dense_level& dl : dense_)
-            b += 8 * (dl.d.size() + dl.mul.size() + dl.one.size()) + sizeof(dense_level::row_info) * dl.rows.size() +
+            b += sizeof(quad_division) * dl.div.size() + sizeof(dense_level::row_info) * dl.rows.size() +
                  dl.guide.size();
         b += 4 * leaf_start32_.size();
-        b += sizeof(quad_composition) * comps_.size() + 2 * comp_guide_.size() +
+        b += 8 * comp_offsets_.size() + 4 * comp_parts_.size() + 2 * comp_guide_.size() +
              sizeof(quad_row) * quad_rows_.size() +
              sizeof(quad_division) * quad_radix_.size();
         return b;
@@ -790,11 +790,9 @@ public:
     // k = 0 splits into j = 0, q = 0 like any other), no zeroing of the
     // output (the n = 4 leaves, one load from the table of P(4, k), write
     // every coordinate). The root's row (k = K) is hoisted out of its loop.
-    // Division by V(nR, k - j): a multiply-high by ceil(2^64 / d) where
-    // r d < 2^64 on the whole level (exact then, no correction: the
-    // quotient's error r (m - 2^64 / d) / 2^64 < r / 2^64 < 1 / d), else a
-    // multiply-high by floor(2^64 / d) and one branch-free correction
-    // (dense_quotient).
+    // Division by V(nR, k - j): a multiply-high and a shift, exact for every
+    // index of the level (quad_division, the same as the four-way nodes'), or
+    // the divide instruction where the level's indices pass 2^62.
     bool dense() const noexcept { return dense_on_; }
     // The table of all points of P(4, k) for k < leaf4_pulses() (0: none):
     // entry leaf4_start()[k] + r is the point of index r, four int8 packed
@@ -1007,11 +1005,11 @@ public:
                     std::uint64_t* it) const noexcept {
         if (k < quad_rows_.size() && quad_rows_[k].mul != 0) {
             const quad_row& qr = quad_rows_[k];
-            const quad_composition* cp = comps_.data() + qr.start;
+            const std::uint64_t* off = comp_offsets_.data() + qr.start;
             std::size_t c = comp_guide_[qr.guide + comp_bucket(qr.mul, r)];
-            while (cp[c + 1].offset <= r) ++c;
-            r -= cp[c].offset;
-            for (std::size_t q = 0; q < 4; ++q) kt[q] = (cp[c].parts >> (8 * q)) & 0xff;
+            while (off[c + 1] <= r) ++c;
+            r -= off[c];
+            for (std::size_t q = 0; q < 4; ++q) kt[q] = (comp_parts_[qr.start + c] >> (8 * q)) & 0x7f;
         } else {
             const level& twelve = levels_[static_cast<std::size_t>(l.right)];
             const level& eight = levels_[static_cast<std::size_t>(twelve.right)];
@@ -1059,20 +1057,16 @@ public:
     }
 
 private:
-    // The compositions (k1, k2, k3, k4) of one k in lexicographic order:
-    // offset of the first index with that composition, the parts one byte
-    // each (k1 lowest), and whether a part has no P(4, k) table entry.
-    // Each k's run ends with two sentinels (offsets V(16, k) and 2^64 - 1).
-    // One k's compositions: the first entry in comps_, the first bucket in
-    // comp_guide_, comp_bucket's multiplier (0: no table for this k).
+    // The compositions (k1, k2, k3, k4) of one k in lexicographic order, in
+    // two arrays so that the search reads only the first: comp_offsets_, the
+    // first index with that composition; comp_parts_, the parts one byte each
+    // (k1 lowest, each <= 127) with bit 31 set where a part has no P(4, k)
+    // table entry. Each k's run ends with two sentinels (offsets V(16, k) and
+    // 2^64 - 1). One k's compositions: the first entry in both arrays, the
+    // first bucket in comp_guide_, comp_bucket's multiplier (0: no table).
     struct quad_row {
         std::uint64_t mul = 0;
         std::uint32_t start = 0, guide = 0;
-    };
-    struct quad_composition {
-        std::uint64_t offset = 0;
-        std::uint32_t parts = 0;
-        std::uint32_t slow = 0;
     };
     // Division by d = V(4, k) for every remainder a four-way node meets
     // (r < V(16, K)): q = floor(r m / 2^(64 + shift)) with m = ceil(2^(64 + shift) / d)
@@ -1084,6 +1078,28 @@ private:
         std::uint64_t d = 1, m = 0, one = 0;
         std::uint32_t shift = 0, leaf = 0;
     };
+    // The division by d of every r < 2^rbits: exact (m != 0 or d = 1) where
+    // rbits <= 62, so that m < 2^(rbits + 1) fits a word; else m = 0 and the
+    // caller divides (Exact = false in exact_quotient).
+    static quad_division reciprocal(std::uint64_t d, unsigned rbits) noexcept {
+        quad_division q;
+        q.d = d;
+        if (d == 1) {
+            q.one = ~std::uint64_t{0};
+        } else if (rbits <= 62) {
+            const unsigned sh = std::max(64u, rbits + static_cast<unsigned>(std::bit_width(d)));
+            q.shift = sh - 64;
+            q.m = static_cast<std::uint64_t>(((detail::uint128{1} << sh) - 1) / d + 1);
+        }
+        return q;
+    }
+    template <bool Exact>
+    static std::uint64_t exact_quotient(const quad_division& q, std::uint64_t r) noexcept {
+        if constexpr (Exact)
+            return (static_cast<std::uint64_t>((static_cast<detail::uint128>(r) * q.m) >> 64) >> q.shift) | (r & q.one);
+        else
+            return r / q.d;
+    }
     // Guide bucket of r < V(16, k) among G buckets: floor(r mul / 2^64) with
     // mul = floor(2^64 G / V(16, k)) < G (monotone in r, so build_quad's guide
     // needs only forward steps).
@@ -1091,10 +1107,7 @@ private:
         return static_cast<std::size_t>((static_cast<detail::uint128>(r) * mul) >> 64);
     }
     std::uint64_t radix_quotient(const quad_division& q, std::uint64_t r) const noexcept {
-        if (quad_exact_) [[likely]]
-            return (static_cast<std::uint64_t>((static_cast<detail::uint128>(r) * q.m) >> 64) >> q.shift) |
-                   (r & q.one);
-        return r / q.d;
+        return quad_exact_ ? exact_quotient<true>(q, r) : exact_quotient<false>(q, r);
     }
 
 private:
@@ -1102,10 +1115,8 @@ private:
     // right half, V(nR, t) for t <= K, with their multiply-high reciprocals.
     struct dense_level {
         int lv = -1;
-        bool exact = false;              // r d < 2^64 on the level: the multiply-high needs no correction
-        std::vector<std::uint64_t> d;    // t -> V(nR, t)
-        std::vector<std::uint64_t> mul;  // t -> ceil(2^64 / d) if exact, else floor(2^64 / d) (0 when d = 1)
-        std::vector<std::uint64_t> one;  // t -> all ones when d = 1 (the quotient is r), else 0
+        bool exact = false;              // the level's indices are below 2^62: div's multiply-highs are exact
+        std::vector<quad_division> div;  // t -> the division by V(nR, t)
         // Row k's prefix C_{n,k}(0..k+1) at prefix + rows[k].row, its guide
         // (2 (k + 1) buckets and one more, so the bucket needs no clamp) at
         // guide + rows[k].guide, and G_k / V(n, k) (0 for a row with no guide:
@@ -1119,27 +1130,12 @@ private:
         std::uint64_t root_mul = 0;
     };
 
-    // r / V(nR, t). Exact: floor(r m / 2^64) with m = ceil(2^64 / d) (see
-    // unrank_dense). Otherwise m = floor(2^64 / d) = 2^64 / d - e, e < 1, and
-    // r / d - 1 < r m / 2^64 <= r / d: the estimate is q or q - 1, one
-    // branch-free correction. d = 1: m = 0 and the mask gives r.
-    template <bool Exact>
-    static std::uint64_t dense_quotient(const dense_level& dl, std::size_t t, std::uint64_t r) noexcept {
-        if constexpr (Exact) {
-            return static_cast<std::uint64_t>((static_cast<detail::uint128>(r) * dl.mul[t]) >> 64) | (r & dl.one[t]);
-        } else {
-            const std::uint64_t q =
-                static_cast<std::uint64_t>((static_cast<detail::uint128>(r) * dl.mul[t]) >> 64) | (r & dl.one[t]);
-            return q + static_cast<std::uint64_t>(r - q * dl.d[t] >= dl.d[t]);  // q or q - 1 before this
-        }
-    }
-
     // The guide's guess j corrected to the split: the largest j with c[j] <= r
-    // (c[0] = 0 <= r, so never below 0). One branch-free step each way, then
-    // the rare loops.
+    // (c[0] = 0 <= r, so never below 0). One branch-free step each way, both
+    // loads at once (the prefix increases: c[j] > r implies c[j + 1] > r),
+    // then the rare loops.
     static std::size_t settle_split(const std::uint64_t* c, std::size_t j, std::uint64_t r) noexcept {
-        j -= static_cast<std::size_t>(c[j] > r);
-        j += static_cast<std::size_t>(c[j + 1] <= r);
+        j = j - static_cast<std::size_t>(c[j] > r) + static_cast<std::size_t>(c[j + 1] <= r);
         while (c[j] > r) --j;
         while (c[j + 1] <= r) ++j;
         return j;
@@ -1148,14 +1144,15 @@ private:
     // A node of k pulses with index r (its prefix row c and split j found):
     // writes its children, (iL, j) at out[0] and (iR, k - j) at out[1].
     template <bool Exact>
-    static void write_children(const dense_level& dl, const std::uint64_t* c, std::size_t k, std::size_t j,
+    static void write_children(const quad_division* div, const std::uint64_t* c, std::size_t k, std::size_t j,
                                std::uint64_t r, std::uint64_t* rout, std::uint8_t* kout) noexcept {
         r -= c[j];
         const std::size_t t = k - j;
-        const std::uint64_t q = dense_quotient<Exact>(dl, t, r);
+        const quad_division& dv = div[t];
+        const std::uint64_t q = exact_quotient<Exact>(dv, r);
         rout[0] = q;
         kout[0] = static_cast<std::uint8_t>(j);
-        rout[1] = r - q * dl.d[t];
+        rout[1] = r - q * dv.d;
         kout[1] = static_cast<std::uint8_t>(t);
     }
 
@@ -1167,13 +1164,15 @@ private:
         const std::uint64_t* c = l.row(k);
         const std::uint8_t* guide = dl.guide.data();
         const std::uint64_t mul = dl.root_mul;
+        const quad_division* div = dl.div.data();  // in a local: the int8 stores could alias dl's members
         for (std::size_t i = 0; i < m; ++i) {
             const std::uint64_t r = rin[i];
             std::size_t j = guide[comp_bucket(mul, r)];
-            j += static_cast<std::size_t>(c[j + 1] <= r);
-            j += static_cast<std::size_t>(c[j + 1] <= r);
+            // Two forward steps as one (the prefix increases; c[k + 1] > r
+            // stands in for a second step past the row's end).
+            j += static_cast<std::size_t>(c[j + 1] <= r) + static_cast<std::size_t>(c[std::min(j + 2, k + 1)] <= r);
             while (c[j + 1] <= r) ++j;
-            write_children<Exact>(dl, c, k, j, r, rout + 2 * i, kout + 2 * i);
+            write_children<Exact>(div, c, k, j, r, rout + 2 * i, kout + 2 * i);
         }
     }
 
@@ -1183,10 +1182,12 @@ private:
         const level& l = levels_[static_cast<std::size_t>(dl.lv)];
         const std::uint64_t* prefix = l.prefix.data();
         const std::uint8_t* guide = dl.guide.data();
+        const typename dense_level::row_info* rows = dl.rows.data();
+        const quad_division* div = dl.div.data();
         for (std::size_t i = 0; i < m; ++i) {
             const std::size_t k = kin[i];
             const std::uint64_t r = rin[i];
-            const typename dense_level::row_info ri = dl.rows[k];
+            const typename dense_level::row_info ri = rows[k];
             const std::uint64_t* c = prefix + ri.row;
             std::size_t j;
             if (ri.scale != 0.0) [[likely]] {
@@ -1194,7 +1195,7 @@ private:
             } else {
                 j = find64(l, k, r);
             }
-            write_children<Exact>(dl, c, k, j, r, rout + 2 * i, kout + 2 * i);
+            write_children<Exact>(div, c, k, j, r, rout + 2 * i, kout + 2 * i);
         }
     }
 
@@ -1209,10 +1210,11 @@ private:
     template <bool Root, bool Exact, class Tick>
     void quad_dense(const std::uint64_t* rin, const std::uint8_t* kin, std::size_t m, std::int8_t* y,
                     dense_workspace& ws, Tick& tick) const noexcept {
-        const quad_composition* comps = comps_.data();
+        const std::uint64_t* offsets = comp_offsets_.data();
+        const std::uint32_t* comp_parts = comp_parts_.data();
         const std::uint16_t* guide = comp_guide_.data();
         const quad_row* rows = quad_rows_.data();
-        const quad_composition* root_comps = comps + rows[pulses_].start;
+        const std::uint32_t root_start = rows[pulses_].start;
         const std::uint16_t* root_guide = guide + rows[pulses_].guide;
         const std::uint64_t root_mul = rows[pulses_].mul;
         std::uint64_t* rest = ws.rest.data();
@@ -1220,7 +1222,7 @@ private:
         constexpr std::uint32_t general = 0xffffffffu;  // no composition table for this node
         for (std::size_t i = 0; i < m; ++i) {
             std::uint64_t r = rin[i];
-            const quad_composition* cp = root_comps;
+            std::uint32_t start = root_start;
             const std::uint16_t* gd = root_guide;
             std::uint64_t mul = root_mul;
             if constexpr (!Root) {
@@ -1231,25 +1233,21 @@ private:
                     parts[i] = general;
                     continue;
                 }
-                cp = comps + qr.start;
+                start = qr.start;
                 gd = guide + qr.guide;
             }
+            const std::uint64_t* off = offsets + start;
             std::size_t c = gd[comp_bucket(mul, r)];
-            c += static_cast<std::size_t>(cp[c + 1].offset <= r);
-            c += static_cast<std::size_t>(cp[c + 1].offset <= r);
-            while (cp[c + 1].offset <= r) ++c;
-            rest[i] = r - cp[c].offset;
-            parts[i] = cp[c].parts | cp[c].slow << 31;  // parts <= 127 each: bit 31 is free
+            // Two forward steps as one: the offsets increase, so off[c + 2] <= r
+            // implies off[c + 1] <= r (both loads start at once).
+            c += static_cast<std::size_t>(off[c + 1] <= r) + static_cast<std::size_t>(off[c + 2] <= r);
+            while (off[c + 1] <= r) ++c;
+            rest[i] = r - off[c];
+            parts[i] = comp_parts[start + c];
         }
         const quad_division* rad = quad_radix_.data();
         const std::uint32_t* leaf = leaf4_.data();
-        const auto quotient = [](const quad_division& q, std::uint64_t r) noexcept {
-            if constexpr (Exact)
-                return (static_cast<std::uint64_t>((static_cast<detail::uint128>(r) * q.m) >> 64) >> q.shift) |
-                       (r & q.one);
-            else
-                return r / q.d;
-        };
+        const auto quotient = [](const quad_division& q, std::uint64_t r) noexcept { return exact_quotient<Exact>(q, r); };
         Tick local = tick;
         for (std::size_t i = 0; i < m; ++i) {
             local();
@@ -1312,16 +1310,8 @@ private:
         const auto rbits = static_cast<unsigned>(std::bit_width(top - 1));
         quad_radix_.resize(pulses_ + 1);
         for (std::size_t k = 0; k <= pulses_; ++k) {
-            quad_division& q = quad_radix_[k];
-            q.d = four.counts[k * four.limbs];
-            q.leaf = k < leaf_k_ ? static_cast<std::uint32_t>(leaf_start_[k]) : 0;
-            if (q.d == 1) {
-                q.one = ~std::uint64_t{0};
-                continue;
-            }
-            const unsigned sh = std::max(64u, rbits + static_cast<unsigned>(std::bit_width(q.d)));
-            q.shift = sh - 64;
-            q.m = quad_exact_ ? static_cast<std::uint64_t>(((detail::uint128{1} << sh) - 1) / q.d + 1) : 0;
+            quad_radix_[k] = reciprocal(four.counts[k * four.limbs], quad_exact_ ? rbits : 64);
+            quad_radix_[k].leaf = k < leaf_k_ ? static_cast<std::uint32_t>(leaf_start_[k]) : 0;
         }
         const bool root = quad_level_ == root_;
         const auto compositions = [](std::size_t k) { return (k + 1) * (k + 2) * (k + 3) / 6; };
@@ -1332,20 +1322,22 @@ private:
             total += count;
             if (count > 0xffff || (!root && total > max_quad_compositions)) break;
             const std::uint64_t v = root ? top : l.counts[k * l.limbs];
-            quad_rows_[k].start = static_cast<std::uint32_t>(comps_.size());
+            quad_rows_[k].start = static_cast<std::uint32_t>(comp_offsets_.size());
             std::uint64_t offset = 0;
             for (std::size_t a = 0; a <= k; ++a)
                 for (std::size_t b = 0; a + b <= k; ++b)
                     for (std::size_t c = 0; a + b + c <= k; ++c) {
                         const std::size_t d = k - a - b - c;
                         const bool slow = std::max(std::max(a, b), std::max(c, d)) >= leaf_k_;
-                        comps_.push_back({offset, static_cast<std::uint32_t>(a | b << 8 | c << 16 | d << 24),
-                                          static_cast<std::uint32_t>(slow)});
+                        comp_offsets_.push_back(offset);
+                        comp_parts_.push_back(static_cast<std::uint32_t>(a | b << 8 | c << 16 | d << 24) |
+                                              static_cast<std::uint32_t>(slow) << 31);
                         offset += quad_radix_[a].d * quad_radix_[b].d * quad_radix_[c].d * quad_radix_[d].d;
                     }
-            comps_.push_back({v, 0, 0});
-            comps_.push_back({~std::uint64_t{0}, 0, 0});
-            const quad_composition* first = comps_.data() + quad_rows_[k].start;
+            comp_offsets_.push_back(v);
+            comp_offsets_.push_back(~std::uint64_t{0});
+            comp_parts_.insert(comp_parts_.end(), 2, 0);
+            const std::uint64_t* first = comp_offsets_.data() + quad_rows_[k].start;
             // Bucket b holds the last composition whose offset lies in an
             // earlier bucket; the bucket of r is monotone in r, so every r of
             // bucket b has a composition at or after it (only forward steps).
@@ -1355,7 +1347,7 @@ private:
             quad_rows_[k].guide = static_cast<std::uint32_t>(comp_guide_.size());
             std::size_t c = 0;
             for (std::size_t b = 0; b < g; ++b) {
-                while (c + 1 < count && comp_bucket(mul, first[c + 1].offset) < b) ++c;
+                while (c + 1 < count && comp_bucket(mul, first[c + 1]) < b) ++c;
                 comp_guide_.push_back(static_cast<std::uint16_t>(c));
             }
         }
@@ -1377,21 +1369,10 @@ private:
             dl.lv = dense_levels_[d];
             const level& l = levels_[static_cast<std::size_t>(dl.lv)];
             const level& right = levels_[static_cast<std::size_t>(l.right)];
-            // r < V(n, K) and d <= V(nR, K) on this level: r d < 2^64 makes the multiply-high exact.
-            const detail::uint128 bound =
-                static_cast<detail::uint128>(l.counts[pulses_ * l.limbs]) * right.counts[pulses_ * right.limbs];
-            dl.exact = bound >> 64 == 0;
-            for (std::size_t t = 0; t <= pulses_; ++t) {
-                const std::uint64_t v = right.counts[t * right.limbs];
-                const detail::uint128 floor_m =
-                    ((detail::uint128{1} << 64) - 1) / v;  // = floor(2^64 / v) unless v | 2^64
-                const bool divides = (v & (v - 1)) == 0;
-                const auto m = static_cast<std::uint64_t>(dl.exact ? ((detail::uint128{1} << 64) - 1) / v + 1
-                                                                   : floor_m + (divides ? 1 : 0));
-                dl.d.push_back(v);
-                dl.mul.push_back(v > 1 ? m : 0);
-                dl.one.push_back(v == 1 ? ~std::uint64_t{0} : 0);
-            }
+            // Every index of this level is below V(n, K).
+            const auto rbits = static_cast<unsigned>(std::bit_width(l.counts[pulses_ * l.limbs] - 1));
+            dl.exact = rbits <= 62;
+            for (std::size_t t = 0; t <= pulses_; ++t) dl.div.push_back(reciprocal(right.counts[t * right.limbs], rbits));
             if (d == 0) {  // the root's row K: a guide of forward steps only (as build_quad's)
                 const std::uint64_t* c = l.row(pulses_);
                 const std::size_t g = 4 * (pulses_ + 1);
@@ -1750,7 +1731,8 @@ private:
     bool quad_ = false;        // this tree's nodes of 16 split four ways
     bool quad_exact_ = true;   // quad_division's multiply-high is exact (V(16, K) <= 2^62)
     int quad_level_ = -1;      // their level
-    std::vector<quad_composition> comps_;
+    std::vector<std::uint64_t> comp_offsets_;
+    std::vector<std::uint32_t> comp_parts_;
     std::vector<std::uint16_t> comp_guide_;
     std::vector<quad_row> quad_rows_;  // k -> its compositions' table
     std::vector<quad_division> quad_radix_;
