@@ -628,12 +628,12 @@ public:
         b += 4 * leaf4_.size() + sizeof(std::size_t) * leaf_start_.size() + 8 * leaf8_.size() +
              sizeof(std::size_t) * leaf8_start_.size();
         for (const dense_level& dl : dense_)
-            b += sizeof(quad_division) * dl.div.size() + sizeof(dense_level::row_info) * dl.rows.size() +
+            b += sizeof(exact_division) * dl.div.size() + sizeof(dense_level::row_info) * dl.rows.size() +
                  dl.guide.size();
         b += 4 * leaf_start32_.size();
         b += 8 * comp_offsets_.size() + 4 * comp_parts_.size() + 2 * comp_guide_.size() +
              sizeof(quad_row) * quad_rows_.size() +
-             sizeof(quad_division) * quad_radix_.size();
+             sizeof(exact_division) * quad_radix_.size();
         return b;
     }
 
@@ -791,7 +791,7 @@ public:
     // output (the n = 4 leaves, one load from the table of P(4, k), write
     // every coordinate). The root's row (k = K) is hoisted out of its loop.
     // Division by V(nR, k - j): a multiply-high and a shift, exact for every
-    // index of the level (quad_division, the same as the four-way nodes'), or
+    // index of the level (exact_division, the same as the four-way nodes'), or
     // the divide instruction where the level's indices pass 2^62.
     bool dense() const noexcept { return dense_on_; }
     // The table of all points of P(4, k) for k < leaf4_pulses() (0: none):
@@ -1068,21 +1068,24 @@ private:
         std::uint64_t mul = 0;
         std::uint32_t start = 0, guide = 0;
     };
-    // Division by d = V(4, k) for every remainder a four-way node meets
-    // (r < V(16, K)): q = floor(r m / 2^(64 + shift)) with m = ceil(2^(64 + shift) / d)
-    // and r d < 2^(64 + shift), exact (the error r (m d - 2^(64 + shift)) /
+    // Division by a fixed d of every remainder below a bound 2^rbits: by
+    // d = V(4, k) at the four-way nodes (r < V(16, K)) and by V(nR, t) at the
+    // binary levels of the dense walk (r below the level's indices).
+    // q = floor(r m / 2^(64 + shift)) with m = ceil(2^(64 + shift) / d) and
+    // r d < 2^(64 + shift), exact (the error r (m d - 2^(64 + shift)) /
     // (d 2^(64 + shift)) < 1 / d). d = 1: m = 0 and the mask gives r. Where
-    // V(16, K) > 2^62, m would pass 64 bits: exact_ is false and the divide
-    // instruction is used. leaf: the first entry of P(4, k) in leaf4_.
-    struct quad_division {
+    // the bound passes 2^62, m would pass 64 bits: the divide instruction is
+    // used instead (Exact = false). leaf (four-way nodes only): the first
+    // entry of P(4, k) in leaf4_.
+    struct exact_division {
         std::uint64_t d = 1, m = 0, one = 0;
         std::uint32_t shift = 0, leaf = 0;
     };
     // The division by d of every r < 2^rbits: exact (m != 0 or d = 1) where
     // rbits <= 62, so that m < 2^(rbits + 1) fits a word; else m = 0 and the
     // caller divides (Exact = false in exact_quotient).
-    static quad_division reciprocal(std::uint64_t d, unsigned rbits) noexcept {
-        quad_division q;
+    static exact_division reciprocal(std::uint64_t d, unsigned rbits) noexcept {
+        exact_division q;
         q.d = d;
         if (d == 1) {
             q.one = ~std::uint64_t{0};
@@ -1094,7 +1097,7 @@ private:
         return q;
     }
     template <bool Exact>
-    static std::uint64_t exact_quotient(const quad_division& q, std::uint64_t r) noexcept {
+    static std::uint64_t exact_quotient(const exact_division& q, std::uint64_t r) noexcept {
         if constexpr (Exact)
             return (static_cast<std::uint64_t>((static_cast<detail::uint128>(r) * q.m) >> 64) >> q.shift) | (r & q.one);
         else
@@ -1106,7 +1109,7 @@ private:
     static std::size_t comp_bucket(std::uint64_t mul, std::uint64_t r) noexcept {
         return static_cast<std::size_t>((static_cast<detail::uint128>(r) * mul) >> 64);
     }
-    std::uint64_t radix_quotient(const quad_division& q, std::uint64_t r) const noexcept {
+    std::uint64_t radix_quotient(const exact_division& q, std::uint64_t r) const noexcept {
         return quad_exact_ ? exact_quotient<true>(q, r) : exact_quotient<false>(q, r);
     }
 
@@ -1116,7 +1119,7 @@ private:
     struct dense_level {
         int lv = -1;
         bool exact = false;              // the level's indices are below 2^62: div's multiply-highs are exact
-        std::vector<quad_division> div;  // t -> the division by V(nR, t)
+        std::vector<exact_division> div;  // t -> the division by V(nR, t)
         // Row k's prefix C_{n,k}(0..k+1) at prefix + rows[k].row, its guide
         // (2 (k + 1) buckets and one more, so the bucket needs no clamp) at
         // guide + rows[k].guide, and G_k / V(n, k) (0 for a row with no guide:
@@ -1144,11 +1147,11 @@ private:
     // A node of k pulses with index r (its prefix row c and split j found):
     // writes its children, (iL, j) at out[0] and (iR, k - j) at out[1].
     template <bool Exact>
-    static void write_children(const quad_division* div, const std::uint64_t* c, std::size_t k, std::size_t j,
+    static void write_children(const exact_division* div, const std::uint64_t* c, std::size_t k, std::size_t j,
                                std::uint64_t r, std::uint64_t* rout, std::uint8_t* kout) noexcept {
         r -= c[j];
         const std::size_t t = k - j;
-        const quad_division& dv = div[t];
+        const exact_division& dv = div[t];
         const std::uint64_t q = exact_quotient<Exact>(dv, r);
         rout[0] = q;
         kout[0] = static_cast<std::uint8_t>(j);
@@ -1164,7 +1167,7 @@ private:
         const std::uint64_t* c = l.row(k);
         const std::uint8_t* guide = dl.guide.data();
         const std::uint64_t mul = dl.root_mul;
-        const quad_division* div = dl.div.data();  // in a local: the int8 stores could alias dl's members
+        const exact_division* div = dl.div.data();  // in a local: the int8 stores could alias dl's members
         for (std::size_t i = 0; i < m; ++i) {
             const std::uint64_t r = rin[i];
             std::size_t j = guide[comp_bucket(mul, r)];
@@ -1183,7 +1186,7 @@ private:
         const std::uint64_t* prefix = l.prefix.data();
         const std::uint8_t* guide = dl.guide.data();
         const typename dense_level::row_info* rows = dl.rows.data();
-        const quad_division* div = dl.div.data();
+        const exact_division* div = dl.div.data();
         for (std::size_t i = 0; i < m; ++i) {
             const std::size_t k = kin[i];
             const std::uint64_t r = rin[i];
@@ -1245,9 +1248,8 @@ private:
             rest[i] = r - off[c];
             parts[i] = comp_parts[start + c];
         }
-        const quad_division* rad = quad_radix_.data();
+        const exact_division* rad = quad_radix_.data();
         const std::uint32_t* leaf = leaf4_.data();
-        const auto quotient = [](const quad_division& q, std::uint64_t r) noexcept { return exact_quotient<Exact>(q, r); };
         Tick local = tick;
         for (std::size_t i = 0; i < m; ++i) {
             local();
@@ -1260,17 +1262,17 @@ private:
                 }
             }
             std::uint64_t r = rest[i];
-            const quad_division& d1 = rad[p & 0xff];
-            const quad_division& d2 = rad[(p >> 8) & 0xff];
-            const quad_division& d3 = rad[(p >> 16) & 0xff];
-            const quad_division& d4 = rad[(p >> 24) & 0x7f];
-            std::uint64_t q = quotient(d4, r);
+            const exact_division& d1 = rad[p & 0xff];
+            const exact_division& d2 = rad[(p >> 8) & 0xff];
+            const exact_division& d3 = rad[(p >> 16) & 0xff];
+            const exact_division& d4 = rad[(p >> 24) & 0x7f];
+            std::uint64_t q = exact_quotient<Exact>(d4, r);
             const std::uint64_t i4 = r - q * d4.d;
             r = q;
-            q = quotient(d3, r);
+            q = exact_quotient<Exact>(d3, r);
             const std::uint64_t i3 = r - q * d3.d;
             r = q;
-            q = quotient(d2, r);
+            q = exact_quotient<Exact>(d2, r);
             const std::uint64_t i2 = r - q * d2.d;
             const std::uint64_t i1 = q;
             if ((p >> 31) == 0) [[likely]] {
@@ -1729,13 +1731,13 @@ private:
     int root_ = -1;
     // Four-way nodes of 16 (build_quad).
     bool quad_ = false;        // this tree's nodes of 16 split four ways
-    bool quad_exact_ = true;   // quad_division's multiply-high is exact (V(16, K) <= 2^62)
+    bool quad_exact_ = true;   // exact_division's multiply-high is exact (V(16, K) <= 2^62)
     int quad_level_ = -1;      // their level
     std::vector<std::uint64_t> comp_offsets_;
     std::vector<std::uint32_t> comp_parts_;
     std::vector<std::uint16_t> comp_guide_;
     std::vector<quad_row> quad_rows_;  // k -> its compositions' table
-    std::vector<quad_division> quad_radix_;
+    std::vector<exact_division> quad_radix_;
 };
 
 }  // namespace svq
