@@ -56,6 +56,7 @@ std::vector<std::string> split(const std::string& list) {
 
 constexpr std::string_view usage =
     "usage: model_eval [--data DIR] [--json FILE] [--seed S] [--sequences S] [--length L] [--calibration C]\n"
+    "                  [--calibration-temperature 1]\n"
     "                  [--targets 2,2.5,3,3.25,4] [--methods rtn,gptq-rtn,pvq,pvq-hessian,pvq-hessian-mix,\n"
     "                   pvq-hessian-mix-seq,pvq-tuned,crvq-kmeans,crvq-pvq]\n"
     "                  [--embedding] [--damping D] [--threads T] [--layers]\n"
@@ -82,6 +83,12 @@ options parse(int argc, char** argv) {
         else if (a == "--sequences") o.run.sequences = count(a);
         else if (a == "--length") o.run.length = count(a);
         else if (a == "--calibration") o.run.calibration_sequences = count(a);
+        else if (a == "--calibration-temperature") {
+            const double v = std::stod(value());
+            if (!(v > 0.0 && v <= 4.0))
+                throw svq::invalid_argument(fmt::format("--calibration-temperature = {} must be in (0, 4]", v));
+            o.run.calibration_temperature = static_cast<float>(v);
+        }
         else if (a == "--threads") o.run.threads = static_cast<unsigned>(count(a));
         else if (a == "--damping") o.run.damping = std::stod(value());
         else if (a == "--embedding") o.run.embedding = true;
@@ -168,8 +175,9 @@ void print_summary(const me::table& t) {
 void write_json(const std::string& path, const me::run_options& o, const me::table& t) {
     std::FILE* f = std::fopen(path.c_str(), "w");
     if (f == nullptr) throw svq::io_error(fmt::format("cannot write '{}'", path));
-    fmt::print(f, "{{\n  \"seed\": {}, \"sequences\": {}, \"length\": {}, \"calibration_sequences\": {}, \"damping\": {},\n",
-               o.seed, o.sequences, o.length, o.calibration_sequences, o.damping);
+    fmt::print(f, "{{\n  \"seed\": {}, \"sequences\": {}, \"length\": {}, \"calibration_sequences\": {}, \"calibration_temperature\": {},\n"
+               "  \"damping\": {},\n",
+               o.seed, o.sequences, o.length, o.calibration_sequences, o.calibration_temperature, o.damping);
     fmt::print(f, "  \"real_documents\": {}, \"evaluation_positions\": {}, \"calibration_tokens\": {}, \"shared_sequences\": {},\n",
                t.real_documents, t.evaluation_positions, t.calibration_tokens, t.shared_sequences);
     fmt::print(f, "  \"rows\": [\n");
@@ -213,9 +221,9 @@ int main(int argc, char** argv) try {
                                return me::quantize_crvq(ps, target, kind);
                            }});
 
-    fmt::print("stories260K from {}; evaluation set {} x {} tokens (seed {}), calibration set {} x {} tokens, {} thread(s)\n",
+    fmt::print("stories260K from {}; evaluation set {} x {} tokens (seed {}), calibration set {} x {} tokens (temperature {}), {} thread(s)\n",
                o.run.data_dir.string(), o.run.sequences, o.run.length, o.run.seed, o.run.calibration_sequences,
-               o.run.length, o.run.threads);
+               o.run.length, o.run.calibration_temperature, o.run.threads);
     print_header();
     const me::table t = me::run(o.run, methods, [&](const me::table_row& r) {
         print_row(r);

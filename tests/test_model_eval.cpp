@@ -104,6 +104,18 @@ TEST_CASE("disjoint_calibration: draws already in the evaluation set are skipped
     REQUIRE(expected.size() == 6);
     CHECK(skipped > 0);  // the case under test happens at this length
     CHECK(me::disjoint_calibration(m, evaluation, o) == expected);
+    // Another temperature: the same stream sampled from softmax(logits / T), filtered the same way.
+    o.calibration_temperature = 1.5f;
+    std::vector<std::vector<int>> expected_hot;
+    for (const std::vector<int>& c :
+         svq::llama2::sample_sequences(m, 400, o.length, o.seed + me::calibration_seed_offset, 1.5f)) {
+        if (expected_hot.size() == 6) break;
+        if (std::find(evaluation.begin(), evaluation.end(), c) == evaluation.end()) expected_hot.push_back(c);
+    }
+    REQUIRE(expected_hot.size() == 6);
+    CHECK(expected_hot != expected);  // the temperature reaches the sampler
+    CHECK(me::disjoint_calibration(m, evaluation, o) == expected_hot);
+    o.calibration_temperature = 1.0f;
     // A length at which every draw is in the evaluation set: a clear error, not a hang.
     o.length = 1;
     CHECK_THROWS_AS(me::disjoint_calibration(m, {{svq::llama2::bos_token}}, o), svq::invalid_argument);
@@ -185,6 +197,11 @@ TEST_CASE("model_eval: bad options are rejected with the value", "[model_eval][d
     REQUIRE_THROWS_AS(me::run(o, test_methods()), svq::invalid_argument);
     o = short_options(1);
     o.length = 1;
+    REQUIRE_THROWS_AS(me::run(o, test_methods()), svq::invalid_argument);
+    o = short_options(1);
+    o.calibration_temperature = 0.0f;
+    REQUIRE_THROWS_AS(me::run(o, test_methods()), svq::invalid_argument);
+    o.calibration_temperature = std::numeric_limits<float>::quiet_NaN();
     REQUIRE_THROWS_AS(me::run(o, test_methods()), svq::invalid_argument);
     o = short_options(1);
     o.data_dir = data_dir / "no_such_dir";

@@ -945,6 +945,7 @@ struct run_options {
     int sequences = 64;              // sampled evaluation sequences
     int length = 256;                // tokens per sampled sequence (BOS included)
     int calibration_sequences = 1024;  // sampled calibration sequences, same length (pvq-tuned trains on them)
+    float calibration_temperature = 1.0f;  // sampling temperature of the calibration set (the evaluation set's is 1)
     std::vector<double> targets = {2.0, 2.5, 3.0, 3.25, 4.0};
     std::vector<std::string> methods;  // names to run; empty: all given
     bool embedding = false;            // also rows with the token embedding (= classifier) quantized
@@ -965,7 +966,7 @@ inline constexpr std::uint64_t calibration_seed_offset = 0x9E3779B97F4A7C15ull;
     for (int extra = 0;; extra = 2 * extra + 4) {
         std::vector<std::vector<int>> kept;
         for (std::vector<int>& c : llama2::sample_sequences(m, o.calibration_sequences + extra, o.length,
-                                                            o.seed + calibration_seed_offset, 1.0f)) {
+                                                            o.seed + calibration_seed_offset, o.calibration_temperature)) {
             if (static_cast<int>(kept.size()) == o.calibration_sequences) break;
             if (std::find(evaluation.begin(), evaluation.end(), c) == evaluation.end()) kept.push_back(std::move(c));
         }
@@ -1126,6 +1127,9 @@ inline table run(const run_options& o, const std::vector<method>& methods,
         throw invalid_argument(fmt::format("sequence counts must be >= 1 (evaluation {}, calibration {})",
                                            o.sequences, o.calibration_sequences));
     if (o.length < 2) throw invalid_argument(fmt::format("sequence length {} must be >= 2", o.length));
+    if (!(o.calibration_temperature > 0.0f) || !std::isfinite(o.calibration_temperature))
+        throw invalid_argument(
+            fmt::format("calibration temperature {} must be finite and > 0", o.calibration_temperature));
     std::vector<const method*> chosen;
     for (const method& m : methods)
         if (o.methods.empty() || std::find(o.methods.begin(), o.methods.end(), m.name) != o.methods.end())
