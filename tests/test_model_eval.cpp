@@ -88,30 +88,30 @@ TEST_CASE("disjoint_calibration: draws already in the evaluation set are skipped
     o.length = 2;  // BOS + one sampled token: few distinct sequences, so draws repeat
     o.calibration_sequences = 6;
     const std::vector<std::vector<int>> evaluation = svq::llama2::sample_sequences(m, 16, o.length, o.seed, 1.0f);
-    // Oracle: a long run of the calibration stream, filtered by hand.
-    const std::vector<std::vector<int>> stream =
-        svq::llama2::sample_sequences(m, 400, o.length, o.seed + me::calibration_seed_offset, 1.0f);
-    std::vector<std::vector<int>> expected;
-    std::size_t skipped = 0;
-    for (const std::vector<int>& c : stream) {
-        if (expected.size() == 6) break;
-        if (std::find(evaluation.begin(), evaluation.end(), c) != evaluation.end()) {
-            ++skipped;
-        } else {
-            expected.push_back(c);
+    // Oracle: a long run of the calibration stream at a temperature, filtered by hand;
+    // the count of draws skipped comes back in `skipped`.
+    const auto filtered = [&](float temperature, std::size_t& skipped) {
+        std::vector<std::vector<int>> kept;
+        skipped = 0;
+        for (const std::vector<int>& c :
+             svq::llama2::sample_sequences(m, 400, o.length, o.seed + me::calibration_seed_offset, temperature)) {
+            if (kept.size() == 6) break;
+            if (std::find(evaluation.begin(), evaluation.end(), c) != evaluation.end()) {
+                ++skipped;
+            } else {
+                kept.push_back(c);
+            }
         }
-    }
+        return kept;
+    };
+    std::size_t skipped = 0;
+    const std::vector<std::vector<int>> expected = filtered(1.0f, skipped);
     REQUIRE(expected.size() == 6);
     CHECK(skipped > 0);  // the case under test happens at this length
     CHECK(me::disjoint_calibration(m, evaluation, o) == expected);
     // Another temperature: the same stream sampled from softmax(logits / T), filtered the same way.
     o.calibration_temperature = 1.5f;
-    std::vector<std::vector<int>> expected_hot;
-    for (const std::vector<int>& c :
-         svq::llama2::sample_sequences(m, 400, o.length, o.seed + me::calibration_seed_offset, 1.5f)) {
-        if (expected_hot.size() == 6) break;
-        if (std::find(evaluation.begin(), evaluation.end(), c) == evaluation.end()) expected_hot.push_back(c);
-    }
+    const std::vector<std::vector<int>> expected_hot = filtered(1.5f, skipped);
     REQUIRE(expected_hot.size() == 6);
     CHECK(expected_hot != expected);  // the temperature reaches the sampler
     CHECK(me::disjoint_calibration(m, evaluation, o) == expected_hot);
