@@ -2,24 +2,15 @@
 // the float model's next-token distributions (docs/evaluation.md, "pvq-tuned").
 //
 // Start: pvq-hessian-mix-seq (per-matrix configurations by measured
-// sensitivity, sequential drift-corrected Hessian encoding). Then, for
-// `steps` steps on batches of the calibration set (never the evaluation sets):
-//   1. the model with the current quantized matrices runs forward and back
-//      (llama2_grad.hpp) for the loss mean KL(float || model);
-//   2. each matrix keeps latent float weights L (at first its decoded
-//      Hessian PVQ weights); the gradient with respect to the decoded weights
-//      updates L (the straight-through estimate), by Adam with a step of
-//      weight_lr times the matrix's RMS, cosine-decayed;
-//   3. every matrix is encoded again from L in its own format (svq::requantize:
-//      same configuration, reference and row scales, so the same stored bits;
-//      new points and gain codes; keep_row_scales = false: svq::quantize with
-//      the same configuration, row scales re-planned, still the same bits);
-//   4. the RMSNorm weights (float parameters of every row of the table, not
-//      stored bits) take an Adam step too (norm_lr).
-// Every check_every steps the loss on the last `holdout` calibration
-// sequences (not trained on) is measured, and the best state is kept, the
-// starting one included, so tuning never returns a model worse on it than
-// where it started.
+// sensitivity, sequential drift-corrected Hessian encoding). Then
+// svq::tune_quantized (svq/model/finetune.hpp: latent weights, straight-through
+// Adam steps, svq::requantize every step, best state kept) against this
+// objective, for `steps` steps on batches of the calibration set (never the
+// evaluation sets): the loss mean KL(float || model), its gradients from
+// llama2_grad.hpp with respect to every quantized matrix and (the float
+// parameters, not stored bits) the RMSNorm weights. Every check_every steps
+// the loss on the last `holdout` calibration sequences (not trained on)
+// picks the kept state.
 #pragma once
 
 #include <common/llama2.hpp>
@@ -28,6 +19,7 @@
 
 #include <svq/error.hpp>
 #include <svq/matrix/quantized_matrix.hpp>
+#include <svq/model/finetune.hpp>
 
 #include <fmt/format.h>
 
@@ -36,23 +28,20 @@
 #include <cstdio>
 #include <cstddef>
 #include <memory>
-#include <numbers>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace svq::model_eval {
 
-struct tune_options {
-    std::size_t steps = 600;
-    std::size_t batch = 16;        // calibration sequences per step
-    std::size_t holdout = 8;       // last calibration sequences: the loss that picks the kept state
-    std::size_t check_every = 25;  // steps between holdout checks
-    double weight_lr = 5e-3;       // Adam step of the latent weights, in units of each matrix's RMS
-    double norm_lr = 2e-3;         // Adam step of the norm weights, in units of each norm's mean |value|
-    bool tune_norms = true;
+// The library's options (steps, check_every, weight_lr, parameter_lr for
+// the norms, keep_row_scales) plus what this objective draws on.
+struct tune_options : svq::tune_options {
+    std::size_t batch = 16;       // calibration sequences per step
+    std::size_t holdout = 8;      // last calibration sequences: the loss that picks the kept state
+    bool tune_norms = true;       // the RMSNorm weights are the float parameters
     bool tune_embedding = false;  // also the float token embedding (= classifier), as a norm
-    bool keep_row_scales = true;  // false: every step re-plans the row scales from the latent weights too
 };
 
 // What tuning did, for the report and the tests.
@@ -64,39 +53,98 @@ struct tune_report {
 
 namespace detail {
 
-// Adam (Kingma and Ba) on one tensor.
-class adam {
+// svq::TuningObjective over llama2: the quantized matrices are the problems'
+// (linears by name, else the token embedding); the float parameters are
+// rms_att and rms_ffn of every layer, rms_final, then the float token
+// embedding when it is tuned as a norm; none when norms are not tuned.
+class kl_objective {
 public:
-    explicit adam(std::size_t n) : m_(n, 0.0), v_(n, 0.0) {}
-    // x -= step * mhat / (sqrt(vhat) + eps); t counts from 1.
-    void update(std::span<float> x, std::span<const float> g, double step, std::size_t t) {
-        constexpr double b1 = 0.9, b2 = 0.999, eps = 1e-12;
-        const double c1 = 1.0 - std::pow(b1, static_cast<double>(t));
-        const double c2 = 1.0 - std::pow(b2, static_cast<double>(t));
-        for (std::size_t i = 0; i < x.size(); ++i) {
-            const double gi = g[i];
-            m_[i] = b1 * m_[i] + (1.0 - b1) * gi;
-            v_[i] = b2 * v_[i] + (1.0 - b2) * gi * gi;
-            const double mhat = m_[i] / c1, vhat = v_[i] / c2;
-            x[i] = static_cast<float>(x[i] - step * mhat / (std::sqrt(vhat) + eps));
+    kl_objective(const llama2::model& float_model, std::span<const layer_problem> ps,
+                 const std::vector<std::vector<int>>& calibration, const tune_options& o, unsigned threads)
+        : float_model_(float_model), m_(float_model), calibration_(calibration), o_(o), threads_(threads),
+          train_(calibration.size() - o.holdout),
+          holdout_(calibration.begin() + static_cast<std::ptrdiff_t>(calibration.size() - o.holdout), calibration.end()) {
+        const std::vector<llama2::linear_ref> refs = m_.linears();
+        linears_ = refs.size();
+        linear_of_ = linear_indices(m_, ps);
+        for (std::size_t i = 0; i < ps.size(); ++i) {
+            slot_.push_back(linear_of_[i] < linears_ ? refs[linear_of_[i]].weights : m_.mutable_token_embedding());
+            embedding_ = embedding_ || linear_of_[i] == linears_;
         }
+        float_embedding_ = o.tune_embedding && !embedding_;
+        if (o.tune_norms) {
+            for (int l = 0; l < m_.config().n_layers; ++l) {
+                norms_.push_back(m_.mutable_rms_att(l));
+                norms_.push_back(m_.mutable_rms_ffn(l));
+            }
+            norms_.push_back(m_.mutable_rms_final());
+            if (float_embedding_) norms_.push_back(m_.mutable_token_embedding());
+        }
+        // The teacher of each batch is computed when it is used (a forward pass of
+        // the float model): a large calibration set needs no table of them all.
+        holdout_teacher_ = llama2::make_teacher(float_model_, holdout_, threads_);
+    }
+    kl_objective(const kl_objective&) = delete;  // slots point into m_
+    kl_objective& operator=(const kl_objective&) = delete;
+
+    [[nodiscard]] std::span<float> slot(std::size_t i) const { return slot_[i]; }
+    [[nodiscard]] bool float_embedding() const noexcept { return float_embedding_; }
+
+    // The float parameters' starting values.
+    [[nodiscard]] std::vector<std::vector<float>> parameters() const {
+        std::vector<std::vector<float>> out;
+        for (const std::span<float> n : norms_) out.emplace_back(n.begin(), n.end());
+        return out;
+    }
+
+    svq::tune_gradient gradient(std::size_t t, std::span<const std::vector<float>> weights,
+                                std::span<const std::vector<float>> parameters) {
+        set(weights, parameters);
+        std::vector<std::vector<int>> batch(o_.batch);
+        for (std::size_t b = 0; b < o_.batch; ++b) batch[b] = calibration_[((t - 1) * o_.batch + b) % train_];
+        const llama2::teacher_distributions batch_teacher = llama2::make_teacher(float_model_, batch, threads_);
+        const llama2::gradient_options gopt{threads_, embedding_ || float_embedding_};
+        llama2::kl_gradient_result<float> g = llama2::kl_loss_gradients<float>(m_, batch, batch_teacher, gopt);
+        svq::tune_gradient out;
+        for (const std::size_t linear : linear_of_)
+            out.weights.push_back(linear < linears_ ? g.gradients.linears[linear] : g.gradients.token_embedding);
+        if (o_.tune_norms) {
+            for (std::size_t l = 0; l < g.gradients.rms_att.size(); ++l) {
+                out.parameters.push_back(std::move(g.gradients.rms_att[l]));
+                out.parameters.push_back(std::move(g.gradients.rms_ffn[l]));
+            }
+            out.parameters.push_back(std::move(g.gradients.rms_final));
+            if (float_embedding_) out.parameters.push_back(std::move(g.gradients.token_embedding));
+        }
+        return out;
+    }
+
+    double holdout_loss(std::span<const std::vector<float>> weights, std::span<const std::vector<float>> parameters) {
+        set(weights, parameters);
+        return llama2::kl_loss(m_, holdout_, holdout_teacher_, threads_);
     }
 
 private:
-    std::vector<double> m_, v_;
+    void set(std::span<const std::vector<float>> weights, std::span<const std::vector<float>> parameters) {
+        for (std::size_t i = 0; i < slot_.size(); ++i) std::copy(weights[i].begin(), weights[i].end(), slot_[i].begin());
+        for (std::size_t k = 0; k < norms_.size(); ++k)
+            std::copy(parameters[k].begin(), parameters[k].end(), norms_[k].begin());
+    }
+
+    const llama2::model& float_model_;
+    llama2::model m_;  // the float model with the current matrices and norms
+    const std::vector<std::vector<int>>& calibration_;
+    tune_options o_;
+    unsigned threads_ = 1;
+    std::size_t train_ = 0;
+    std::vector<std::vector<int>> holdout_;
+    llama2::teacher_distributions holdout_teacher_;
+    std::size_t linears_ = 0;
+    std::vector<std::size_t> linear_of_;  // per problem; linears_: the embedding
+    std::vector<std::span<float>> slot_;  // per problem, its matrix in m_
+    std::vector<std::span<float>> norms_;
+    bool embedding_ = false, float_embedding_ = false;
 };
-
-inline double rms_of(std::span<const float> w) {
-    double e = 0.0;
-    for (const float v : w) e += static_cast<double>(v) * v;
-    return w.empty() ? 0.0 : std::sqrt(e / static_cast<double>(w.size()));
-}
-
-inline double mean_abs(std::span<const float> w) {
-    double e = 0.0;
-    for (const float v : w) e += std::abs(static_cast<double>(v));
-    return w.empty() ? 0.0 : e / static_cast<double>(w.size());
-}
 
 }  // namespace detail
 
@@ -117,129 +165,31 @@ inline double mean_abs(std::span<const float> w) {
         throw invalid_argument(fmt::format("pvq-tuned: {} calibration sequences, need holdout {} + batch {} (both >= 1)",
                                            calibration.size(), o.holdout, o.batch));
     const llama2::model& float_model = *ctx.float_model;
-    llama2::model m = float_model;
-    const std::vector<llama2::linear_ref> refs = m.linears();
-
-    // Where each problem's matrix lives in the model; the embedding is the rest.
-    std::vector<std::span<float>> slot(ps.size());
-    std::vector<std::size_t> linear_of(ps.size(), refs.size());
-    bool embedding = false;
-    for (std::size_t i = 0; i < ps.size(); ++i) {
-        for (const llama2::linear_ref& r : refs)
-            if (r.name == ps[i].name) {
-                slot[i] = r.weights;
-                linear_of[i] = r.index;
-            }
-        if (linear_of[i] == refs.size()) {
-            slot[i] = m.mutable_token_embedding();
-            embedding = true;
-        }
-        if (start[i] == nullptr || start[i]->rows() * start[i]->cols() != slot[i].size())
+    detail::kl_objective objective(float_model, ps, calibration, o, ctx.threads);
+    for (std::size_t i = 0; i < ps.size(); ++i)
+        if (start[i] == nullptr || start[i]->rows() * start[i]->cols() != objective.slot(i).size())
             throw invalid_argument(fmt::format("pvq-tuned: no stored matrix of the shape of {}", ps[i].name));
-    }
 
-    std::vector<std::vector<float>> latent(ps.size());
-    std::vector<std::shared_ptr<const quantized_matrix>> current = start;
-    std::vector<double> step_scale(ps.size());
-    std::vector<detail::adam> weight_adam;
-    for (std::size_t i = 0; i < ps.size(); ++i) {
-        latent[i] = start[i]->dequantize();
-        std::copy(latent[i].begin(), latent[i].end(), slot[i].begin());
-        step_scale[i] = detail::rms_of(latent[i]);
-        weight_adam.emplace_back(latent[i].size());
-    }
-    const int layers = m.config().n_layers;
-    std::vector<std::span<float>> norms;
-    for (int l = 0; l < layers; ++l) {
-        norms.push_back(m.mutable_rms_att(l));
-        norms.push_back(m.mutable_rms_ffn(l));
-    }
-    norms.push_back(m.mutable_rms_final());
-    const bool float_embedding = o.tune_embedding && !embedding;
-    if (float_embedding) norms.push_back(m.mutable_token_embedding());
-    std::vector<detail::adam> norm_adam;
-    std::vector<double> norm_scale;
-    for (const std::span<float> n : norms) {
-        norm_adam.emplace_back(n.size());
-        norm_scale.push_back(detail::mean_abs(n));
-    }
-
-    const std::size_t train = calibration.size() - o.holdout;
-    const std::vector<std::vector<int>> holdout(calibration.begin() + static_cast<std::ptrdiff_t>(train),
-                                                calibration.end());
-    // The teacher of each batch is computed when it is used (a forward pass of
-    // the float model): a large calibration set needs no table of them all.
-    const llama2::teacher_distributions holdout_teacher = llama2::make_teacher(float_model, holdout, ctx.threads);
-
-    struct state {
-        std::vector<std::shared_ptr<const quantized_matrix>> matrices;
-        std::vector<std::vector<float>> norms;
-    };
-    const auto snapshot = [&] {
-        state s{current, {}};
-        for (const std::span<float> n : norms) s.norms.emplace_back(n.begin(), n.end());
-        return s;
-    };
-    tune_report rep;
-    rep.start_holdout = llama2::kl_loss(m, holdout, holdout_teacher, ctx.threads);
-    rep.best_holdout = rep.start_holdout;
-    rep.holdout_curve.push_back(rep.start_holdout);
-    state best = snapshot();
-
-    const llama2::gradient_options gopt{ctx.threads, embedding || float_embedding};
-    std::vector<std::vector<int>> batch(o.batch);
-    for (std::size_t t = 1; t <= o.steps; ++t) {
-        for (std::size_t b = 0; b < o.batch; ++b) batch[b] = calibration[((t - 1) * o.batch + b) % train];
-        const llama2::teacher_distributions batch_teacher = llama2::make_teacher(float_model, batch, ctx.threads);
-        const llama2::kl_gradient_result<float> g = llama2::kl_loss_gradients<float>(m, batch, batch_teacher, gopt);
-        const double decay = 0.5 * (1.0 + std::cos(std::numbers::pi * static_cast<double>(t - 1) / static_cast<double>(o.steps)));
-        for (std::size_t i = 0; i < ps.size(); ++i) {
-            const std::vector<float>& grad =
-                linear_of[i] < refs.size() ? g.gradients.linears[linear_of[i]] : g.gradients.token_embedding;
-            weight_adam[i].update(latent[i], grad, o.weight_lr * step_scale[i] * decay, t);
-        }
-        if (o.tune_norms) {
-            std::vector<const std::vector<float>*> ng;
-            for (int l = 0; l < layers; ++l) {
-                ng.push_back(&g.gradients.rms_att[static_cast<std::size_t>(l)]);
-                ng.push_back(&g.gradients.rms_ffn[static_cast<std::size_t>(l)]);
-            }
-            ng.push_back(&g.gradients.rms_final);
-            if (float_embedding) ng.push_back(&g.gradients.token_embedding);
-            for (std::size_t k = 0; k < norms.size(); ++k)
-                norm_adam[k].update(norms[k], *ng[k], o.norm_lr * norm_scale[k] * decay, t);
-        }
-        detail::parallel_for(ps.size(), ctx.threads, [&](std::size_t i) {
-            const quantized_matrix& q = *current[i];
-            current[i] = std::make_shared<const quantized_matrix>(
-                o.keep_row_scales ? requantize(q, latent[i]) : quantize(latent[i], q.rows(), q.cols(), q.config()));
-            current[i]->dequantize(slot[i]);
-        });
-        if (t % o.check_every == 0 || t == o.steps) {
-            const double h = llama2::kl_loss(m, holdout, holdout_teacher, ctx.threads);
-            rep.holdout_curve.push_back(h);
-            if (h < rep.best_holdout) {
-                rep.best_holdout = h;
-                rep.best_step = t;
-                best = snapshot();
-            }
-        }
-    }
+    svq::tune_options library = o;
+    library.threads = ctx.threads;
+    const svq::tune_result r = svq::tune_quantized(start, objective.parameters(), objective, library);
 
     model_solution out;
-    for (std::size_t i = 0; i < ps.size(); ++i) {
-        const quantized_matrix& q = *best.matrices[i];
-        out.layers.push_back({q.dequantize(), q.stored_bits(), to_string(q.config()) + ", tuned"});
-    }
+    for (const std::shared_ptr<const quantized_matrix>& q : r.matrices)
+        out.layers.push_back({q->dequantize(), q->stored_bits(), to_string(q->config()) + ", tuned"});
+    // Norms not tuned are the float model's.
+    const auto layers = static_cast<std::size_t>(float_model.config().n_layers);
     norm_weights n;
-    for (int l = 0; l < layers; ++l) {
-        n.rms_att.push_back(best.norms[static_cast<std::size_t>(2 * l)]);
-        n.rms_ffn.push_back(best.norms[static_cast<std::size_t>(2 * l + 1)]);
+    for (std::size_t l = 0; l < layers; ++l) {
+        const auto layer = static_cast<int>(l);
+        n.rms_att.push_back(o.tune_norms ? r.parameters[2 * l] : float_model.layer(layer).rms_att);
+        n.rms_ffn.push_back(o.tune_norms ? r.parameters[2 * l + 1] : float_model.layer(layer).rms_ffn);
     }
-    n.rms_final = best.norms[static_cast<std::size_t>(2 * layers)];
-    if (float_embedding) n.token_embedding = best.norms.back();
+    n.rms_final = o.tune_norms ? r.parameters[2 * layers] : std::vector<float>(float_model.rms_final().begin(), float_model.rms_final().end());
+    if (objective.float_embedding())
+        n.token_embedding = o.tune_norms ? r.parameters.back() : std::vector<float>(float_model.token_embedding().begin(), float_model.token_embedding().end());
     out.norms = std::move(n);
-    if (report != nullptr) *report = std::move(rep);
+    if (report != nullptr) *report = {r.start_loss, r.best_loss, r.best_step, r.loss_curve};
     return out;
 }
 

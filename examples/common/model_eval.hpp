@@ -26,27 +26,26 @@
 #include <svq/matrix/metrics.hpp>
 #include <svq/matrix/quantized_matrix.hpp>
 #include <svq/matrix/rtn.hpp>
+#include <svq/model/allocate.hpp>
+#include <svq/model/mixed_precision.hpp>
+#include <svq/model/parallel_for.hpp>
 
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <exception>
 #include <filesystem>
 #include <functional>
 #include <limits>
 #include <map>
 #include <memory>
 #include <optional>
-#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
-#include <thread>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -56,19 +55,14 @@ namespace svq::model_eval {
 // ---------------------------------------------------------------------------
 // The quantizer hook
 
-// One matrix handed to a quantizer.
-struct layer_problem {
-    std::string_view name;            // "layers.3.w2", or "token_embedding"
-    std::size_t rows = 0, cols = 0;   // W is rows x cols, y = W x
-    std::span<const float> weights;   // rows * cols, row-major
-    std::span<const double> hessian;  // cols * cols row-major: X^T X / n + damping * mean(diag) I (SPD)
-    unsigned threads = 1;             // threads the quantizer may use
-};
+// One matrix handed to a quantizer (the library's problem type: name, shape,
+// weights, damped Hessian X^T X / n + damping * mean(diag) I, threads).
+using layer_problem = svq::matrix_problem;
 
 // What a quantizer returns for one matrix.
 struct layer_solution {
     std::vector<float> weights;   // the decoder's reconstruction, rows * cols row-major
-    std::size_t stored_bits = 0;  // every stored bit (DESIGN.md 6): codes, scales, codebooks, seeds, ...
+    std::size_t stored_bits = 0;  // every stored bit: codes, scales, codebooks, seeds, ...
     std::string config;           // what was chosen, for the report
 };
 
@@ -265,32 +259,8 @@ layer_solution best_rtn(const layer_problem& p, double target, const char* who, 
 
 namespace detail {
 
-// Calls f(i) for i in [0, count) on up to `threads` threads (0: hardware
-// concurrency); rethrows the first exception after all threads stop.
-template <class F>
-void parallel_for(std::size_t count, unsigned threads, F&& f) {
-    if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
-    const std::size_t workers = std::min<std::size_t>(threads, count);
-    std::atomic<std::size_t> next{0};
-    std::exception_ptr failure;
-    std::mutex failure_mutex;
-    const auto work = [&] {
-        for (std::size_t i = next++; i < count; i = next++) {
-            try {
-                f(i);
-            } catch (...) {
-                const std::lock_guard lock(failure_mutex);
-                if (!failure) failure = std::current_exception();
-                next = count;
-            }
-        }
-    };
-    std::vector<std::thread> pool;
-    for (std::size_t t = 1; t < workers; ++t) pool.emplace_back(work);
-    work();
-    for (std::thread& t : pool) t.join();
-    if (failure) std::rethrow_exception(failure);
-}
+// The library's index-at-a-time loop (svq/model/parallel_for.hpp).
+using svq::detail::parallel_for;
 
 }  // namespace detail
 
@@ -459,136 +429,23 @@ private:
 // sum of stored bits <= floor(target * weights) (allocate_bits). Everything
 // comes from the float model and the calibration set.
 
-struct mix_options {
-    std::vector<double> rate_offsets = {-0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75};
+// The search itself is svq::hessian_mix (svq/model/mixed_precision.hpp); this
+// part supplies what it needs from llama2: the KL with one matrix swapped in
+// (the sensitivities) and the drift statistics of the sequential pass.
+
+// The library's options plus the calibration subsets this adapter runs on.
+struct mix_options : svq::hessian_mix_options {
     std::size_t sensitivity_sequences = 16;  // first calibration sequences the KL runs on
-    // Second pass (sequential calibration with drift correction): the chosen
-    // configurations are kept (same bits) and each matrix is encoded again, in
-    // model order, against the inputs X~ of the model quantized so far:
-    // minimise |X W^T - X~ Wq^T|^2 + lambda |W - Wq|^2 (X the float model's
-    // inputs), i.e. quantize W' = W (C + lambda I)(H~ + lambda I)^-1 under
-    // H~ + lambda I, with H~ = X~^T X~ / n, C = X^T X~ / n.
+    // Second pass (sequential calibration with drift correction, see
+    // svq::hessian_mix::sequential): the chosen configurations are kept (same
+    // bits) and each matrix is encoded again, in model order, against the
+    // inputs of the model quantized so far.
     bool sequential = false;
-    bool drift_correction = true;           // false: quantize W itself under H~ + lambda I (GPTQ's sequential mode)
     std::size_t sequential_sequences = 32;  // first calibration sequences of that pass
-    auto_config_options config{};
-    gptq_options gptq{};
 };
 
-// One candidate of one matrix for the allocation.
-struct rate_option {
-    std::size_t bits = 0;
-    double loss = 0.0;  // the estimate of the model loss it adds
-};
-
-// For each matrix the index of its chosen option, minimising the sum of
-// losses with the sum of bits <= budget: the Lagrangian choice (argmin loss +
-// lambda bits) at the smallest lambda that fits, bisected, then greedy
-// upgrades by loss saved per extra bit while the budget allows. `fallback`
-// (one feasible choice, e.g. every matrix at the target) is returned instead
-// when its loss is lower. Throws invalid_argument when no choice fits.
-[[nodiscard]] inline std::vector<std::size_t> allocate_bits(const std::vector<std::vector<rate_option>>& options,
-                                                            std::size_t budget,
-                                                            const std::vector<std::size_t>& fallback = {}) {
-    const std::size_t n = options.size();
-    const auto total = [&](const std::vector<std::size_t>& pick, auto field) {
-        double sum = 0.0;
-        for (std::size_t i = 0; i < n; ++i) sum += static_cast<double>(field(options[i][pick[i]]));
-        return sum;
-    };
-    const auto loss_of = [](const rate_option& o) { return o.loss; };
-    const auto pick_at = [&](double lambda) {
-        std::vector<std::size_t> pick(n, 0);
-        for (std::size_t i = 0; i < n; ++i) {
-            if (options[i].empty()) throw invalid_argument(fmt::format("allocate_bits: matrix {} has no option", i));
-            double best = std::numeric_limits<double>::infinity();
-            for (std::size_t j = 0; j < options[i].size(); ++j) {
-                const double v = options[i][j].loss + lambda * static_cast<double>(options[i][j].bits);
-                if (v < best || (v == best && options[i][j].bits < options[i][pick[i]].bits)) {
-                    best = v;
-                    pick[i] = j;
-                }
-            }
-        }
-        return pick;
-    };
-    const auto bits = [&](const std::vector<std::size_t>& pick) {
-        std::size_t sum = 0;
-        for (std::size_t i = 0; i < n; ++i) sum += options[i][pick[i]].bits;
-        return sum;
-    };
-    // The smallest-bits choice must fit.
-    std::vector<std::size_t> smallest(n, 0);
-    for (std::size_t i = 0; i < n; ++i) {
-        if (options[i].empty()) throw invalid_argument(fmt::format("allocate_bits: matrix {} has no option", i));
-        for (std::size_t j = 1; j < options[i].size(); ++j)
-            if (options[i][j].bits < options[i][smallest[i]].bits) smallest[i] = j;
-    }
-    if (bits(smallest) > budget)
-        throw invalid_argument(fmt::format("allocate_bits: the smallest choice takes {} bits, over the budget {}",
-                                           bits(smallest), budget));
-    std::vector<std::size_t> pick = pick_at(0.0);
-    if (bits(pick) > budget) {
-        double lo = 0.0, hi = 1e-12;
-        while (bits(pick_at(hi)) > budget && hi < 1e30) hi *= 4.0;
-        pick = bits(pick_at(hi)) <= budget ? pick_at(hi) : smallest;
-        for (int it = 0; it < 200 && hi > lo * (1.0 + 1e-12); ++it) {
-            const double mid = 0.5 * (lo + hi);
-            const std::vector<std::size_t> p = pick_at(mid);
-            if (bits(p) <= budget) {
-                hi = mid;
-                pick = p;
-            } else {
-                lo = mid;
-            }
-        }
-    }
-    // Greedy upgrades into what is left.
-    for (std::size_t used = bits(pick);;) {
-        double best_ratio = 0.0;
-        std::size_t bi = n, bj = 0;
-        for (std::size_t i = 0; i < n; ++i) {
-            const rate_option& cur = options[i][pick[i]];
-            for (std::size_t j = 0; j < options[i].size(); ++j) {
-                const rate_option& o = options[i][j];
-                if (!(o.loss < cur.loss) || used - cur.bits + o.bits > budget) continue;
-                const double extra = static_cast<double>(o.bits) - static_cast<double>(cur.bits);
-                const double ratio = extra <= 0.0 ? std::numeric_limits<double>::infinity() : (cur.loss - o.loss) / extra;
-                if (ratio > best_ratio) {
-                    best_ratio = ratio;
-                    bi = i;
-                    bj = j;
-                }
-            }
-        }
-        if (bi == n) break;
-        used = used - options[bi][pick[bi]].bits + options[bi][bj].bits;
-        pick[bi] = bj;
-    }
-    if (fallback.size() == n && bits(fallback) <= budget && total(fallback, loss_of) < total(pick, loss_of))
-        return fallback;
-    return pick;
-}
-
-namespace detail {
-
-// FNV-1a over raw bytes: keys the candidate cache to the exact inputs.
-inline std::uint64_t fingerprint(const void* data, std::size_t bytes, std::uint64_t h = 0xcbf29ce484222325ull) noexcept {
-    const auto* p = static_cast<const unsigned char*>(data);
-    for (std::size_t i = 0; i < bytes; ++i) h = (h ^ p[i]) * 0x100000001b3ull;
-    return h;
-}
-
-struct mix_candidate {
-    double rate = 0.0;
-    std::vector<float> weights;
-    std::size_t stored_bits = 0;
-    matrix_config config;
-    double proxy = 0.0;
-    std::shared_ptr<const quantized_matrix> matrix;  // what weights decode from
-};
-
-}  // namespace detail
+using svq::allocate_bits;
+using svq::rate_option;
 
 namespace detail {
 
@@ -596,9 +453,9 @@ namespace detail {
 // indices): X the float model's inputs, X~ the quantized model's at the same
 // positions of `sequences`. Fixed chunks of sequences reduced in order: the
 // result does not depend on `threads`.
-struct drift_statistics {
-    Eigen::MatrixXd h, c;
-};
+using svq::drift_statistics;
+using svq::detail::fingerprint;
+
 inline std::vector<drift_statistics> collect_drift(const llama2::model& float_model, const llama2::model& quantized,
                                                    const std::vector<std::vector<int>>& sequences,
                                                    const std::vector<std::size_t>& wanted, unsigned threads) {
@@ -678,11 +535,75 @@ struct mix_result {
     double uniform_estimated_loss = 0.0;  // the same for every matrix at the target
 };
 
-// Candidates and sensitivities are cached across calls (the targets of a run
-// share rates), keyed by fingerprints of every input they depend on.
+namespace detail {
+
+// The problems' matrices in a copy of the model: linears by name, anything
+// else is the token embedding (refs.size() in the returned indices).
+inline std::vector<std::size_t> linear_indices(const llama2::model& m, std::span<const layer_problem> ps) {
+    const std::vector<llama2::linear_view> views = m.linears();
+    std::vector<std::size_t> out(ps.size(), views.size());
+    for (std::size_t i = 0; i < ps.size(); ++i)
+        for (std::size_t k = 0; k < views.size(); ++k)
+            if (views[k].name == ps[i].name) out[i] = k;
+    return out;
+}
+
+// Writes w into the problem's matrix of m (linear_of: linear_indices).
+inline void put_matrix(llama2::model& m, std::size_t linear, std::string_view name, std::span<const float> w) {
+    const std::vector<llama2::linear_ref> refs = m.linears();
+    const std::span<float> dst = linear < refs.size() ? refs[linear].weights : m.mutable_token_embedding();
+    if (dst.size() != w.size())
+        throw invalid_argument(fmt::format("pvq-hessian-mix: {} ({} weights) is not a matrix of the model ({} there)", name,
+                                           w.size(), dst.size()));
+    std::copy(w.begin(), w.end(), dst.begin());
+}
+
+// svq::IsolatedLossSource: mean KL(float || model with one matrix swapped in)
+// of the next-token distributions on `sequences`; the float model's side is
+// computed at the first call.
+struct isolated_kl {
+    const llama2::model& float_model;
+    std::span<const layer_problem> ps;
+    std::vector<std::size_t> linear_of;
+    const std::vector<std::vector<int>>& sequences;
+    unsigned threads = 1;
+    std::optional<reference_set> reference{};
+
+    double isolated_loss(std::size_t i, std::span<const float> weights) {
+        if (!reference) reference.emplace(float_model, sequences, threads);
+        llama2::model m = float_model;
+        put_matrix(m, linear_of[i], ps[i].name, weights);
+        return reference->evaluate(m, threads).mean_kl;
+    }
+};
+
+// svq::DriftSource: collect_drift over the model with the replaced matrices.
+struct drift_collector {
+    const llama2::model& float_model;
+    std::span<const layer_problem> ps;
+    std::vector<std::size_t> linear_of;
+    const std::vector<std::vector<int>>& sequences;
+    unsigned threads = 1;
+
+    std::vector<drift_statistics> drift(std::span<const std::size_t> members,
+                                        std::span<const std::span<const float>> replaced) const {
+        llama2::model q = float_model;
+        for (std::size_t j = 0; j < replaced.size(); ++j)
+            if (!replaced[j].empty()) put_matrix(q, linear_of[j], ps[j].name, replaced[j]);
+        std::vector<std::size_t> wanted;
+        for (const std::size_t i : members) wanted.push_back(linear_of[i]);
+        return collect_drift(float_model, q, sequences, wanted, threads);
+    }
+};
+
+}  // namespace detail
+
+// Candidates, sensitivities and sequential results are cached across calls
+// (the targets of a run share rates), keyed by fingerprints of every input
+// they depend on.
 class pvq_hessian_mix {
 public:
-    explicit pvq_hessian_mix(mix_options options = {}) : options_(std::move(options)) {}
+    explicit pvq_hessian_mix(mix_options options = {}) : options_(std::move(options)), search_(options_) {}
 
     mix_result run(std::span<const layer_problem> ps, double target, const calibration_context& ctx) {
         return run(ps, target, ctx, options_.sequential);
@@ -694,54 +615,7 @@ public:
         if (ctx.float_model == nullptr || ctx.sequences == nullptr || ctx.sequences->empty())
             throw invalid_argument("pvq-hessian-mix needs the float model and a non-empty calibration set");
         const llama2::model& float_model = *ctx.float_model;
-        const std::size_t n = ps.size();
-        std::size_t weights = 0;
-        for (const layer_problem& p : ps) weights += p.rows * p.cols;
-        std::vector<double> rates;
-        for (const double d : options_.rate_offsets)
-            if (target + d > 0.0) rates.push_back(target + d);
-        if (std::find(rates.begin(), rates.end(), target) == rates.end()) rates.push_back(target);
-        std::sort(rates.begin(), rates.end());
-
-        // Candidates: (matrix, rate) pairs not cached yet, in parallel.
-        std::vector<std::uint64_t> keys(n);
-        for (std::size_t i = 0; i < n; ++i) {
-            const layer_problem& p = ps[i];
-            std::uint64_t h = detail::fingerprint(p.weights.data(), p.weights.size_bytes());
-            h = detail::fingerprint(p.hessian.data(), p.hessian.size_bytes(), h);
-            h = detail::fingerprint(&p.rows, sizeof p.rows, h);
-            keys[i] = detail::fingerprint(&p.cols, sizeof p.cols, h);
-        }
-        const auto rate_key = [](double r) { return std::llround(r * 1e6); };
-        std::vector<std::pair<std::size_t, double>> todo;
-        for (std::size_t i = 0; i < n; ++i)
-            for (const double r : rates)
-                if (!candidates_.contains({keys[i], rate_key(r)})) todo.emplace_back(i, r);
-        std::vector<std::optional<detail::mix_candidate>> made(todo.size());
-        detail::parallel_for(todo.size(), ctx.threads, [&](std::size_t t) {
-            const layer_problem& p = ps[todo[t].first];
-            gptq_options g = options_.gptq;
-            g.threads = 1;
-            try {
-                const config_candidate c = choose_config(p.weights, p.rows, p.cols, p.hessian, todo[t].second, options_.config, g);
-                const quantized_matrix q = quantize(p.weights, p.rows, p.cols, p.hessian, c.config, g);
-                detail::mix_candidate m{todo[t].second, q.dequantize(), q.stored_bits(), q.config(), 0.0,
-                                        std::make_shared<const quantized_matrix>(q)};
-                m.proxy = proxy_loss(p.weights, m.weights, p.rows, p.cols, p.hessian);
-                made[t] = std::move(m);
-            } catch (const invalid_argument&) {
-                // this rate is out of reach for this shape: not a candidate
-            }
-        });
-        for (std::size_t t = 0; t < todo.size(); ++t)
-            candidates_[{keys[todo[t].first], rate_key(todo[t].second)}] = std::move(made[t]);
-        std::vector<std::vector<const detail::mix_candidate*>> per(n);
-        for (std::size_t i = 0; i < n; ++i)
-            for (const double r : rates)
-                if (const auto& c = candidates_.at({keys[i], rate_key(r)})) per[i].push_back(&*c);
-
-        // Sensitivities: one matrix at its target-rate candidate (else the
-        // nearest rate below, else the lowest), KL on the calibration subset.
+        const std::vector<std::size_t> linear_of = detail::linear_indices(float_model, ps);
         const std::vector<std::vector<int>> subset(
             ctx.sequences->begin(),
             ctx.sequences->begin() + static_cast<std::ptrdiff_t>(std::min(options_.sensitivity_sequences, ctx.sequences->size())));
@@ -749,156 +623,71 @@ public:
         for (const llama2::linear_view& v : float_model.linears())
             model_key = detail::fingerprint(v.weights.data(), v.weights.size_bytes(), model_key);
         for (const std::vector<int>& s : subset) model_key = detail::fingerprint(s.data(), s.size() * sizeof(int), model_key);
-        std::optional<reference_set> reference;
-        mix_result out;
-        out.sensitivity.resize(n);
-        std::vector<std::size_t> at_target(n, 0);
-        for (std::size_t i = 0; i < n; ++i) {
-            if (per[i].empty())
-                throw invalid_argument(fmt::format("pvq-hessian-mix: no rate of {} reaches a PVQ configuration near {} bpw",
-                                                   ps[i].name, target));
-            for (std::size_t j = 0; j < per[i].size(); ++j)
-                if (per[i][j]->rate <= target + 1e-12) at_target[i] = j;
-            const detail::mix_candidate& c = *per[i][at_target[i]];
-            // The name too: which matrix of the model is swapped in (two matrices could hold the same data).
-            const std::tuple key{model_key, keys[i], std::string(ps[i].name), rate_key(c.rate)};
-            auto it = kl_.find(key);
-            if (it == kl_.end()) {
-                if (!reference) reference.emplace(float_model, subset, ctx.threads);
-                llama2::model m = float_model;
-                std::span<float> dst = m.mutable_token_embedding();
-                for (const llama2::linear_ref& r : m.linears())
-                    if (r.name == ps[i].name) dst = r.weights;
-                if (dst.size() != c.weights.size())
-                    throw invalid_argument(fmt::format("pvq-hessian-mix: {} is not a matrix of the model", ps[i].name));
-                std::copy(c.weights.begin(), c.weights.end(), dst.begin());
-                it = kl_.emplace(key, reference->evaluate(m, ctx.threads).mean_kl).first;
-            }
-            // KL per unit of proxy loss. A matrix stored exactly at the target (proxy 0) takes the
-            // largest proxy of its candidates as the unit; if every candidate is exact, it costs nothing.
-            double largest = 0.0;
-            for (const detail::mix_candidate* other : per[i]) {
-                if (!std::isfinite(other->proxy) || other->proxy < 0.0)
-                    throw invalid_argument(fmt::format("pvq-hessian-mix: proxy loss {} of {} at {} bpw",
-                                                       other->proxy, ps[i].name, other->rate));
-                largest = std::max(largest, other->proxy);
-            }
-            const double unit = c.proxy > 0.0 ? c.proxy : largest;
-            if (!std::isfinite(it->second))
-                throw invalid_argument(
-                    fmt::format("pvq-hessian-mix: KL {} with {} alone quantized", it->second, ps[i].name));
-            out.sensitivity[i] = unit > 0.0 ? it->second / unit : 0.0;
-        }
+        detail::isolated_kl kl{float_model, ps, linear_of, subset, ctx.threads};
+        svq::hessian_mix_result chosen = search_.allocate(ps, target, kl, ctx.threads, model_key);
+        if (!sequential) return report(chosen);
 
-        // The allocation.
-        std::vector<std::vector<rate_option>> opts(n);
-        for (std::size_t i = 0; i < n; ++i)
-            for (const detail::mix_candidate* c : per[i]) opts[i].push_back({c->stored_bits, out.sensitivity[i] * c->proxy});
-        out.budget_bits = static_cast<std::size_t>(std::floor(target * static_cast<double>(weights)));
-        const std::vector<std::size_t> pick = allocate_bits(opts, out.budget_bits, at_target);
-        for (std::size_t i = 0; i < n; ++i) {
-            const detail::mix_candidate& c = *per[i][pick[i]];
-            out.solution.layers.push_back({c.weights, c.stored_bits, fmt::format("{} ({:.2f} bpw slot, s {:.3g})",
-                                                                                to_string(c.config), c.rate, out.sensitivity[i])});
-            out.configs.push_back(c.config);
-            out.matrices.push_back(c.matrix);
-            out.rates.push_back(c.rate);
-            out.estimated_loss += opts[i][pick[i]].loss;
-            out.uniform_estimated_loss += opts[i][at_target[i]].loss;
-        }
-        if (sequential) {
-            // The pass depends on the choice, the matrices and Hessians (keys), the float
-            // model and the calibration sequences it runs on, and the damping: cached on those.
-            std::uint64_t h = detail::fingerprint(keys.data(), keys.size() * sizeof(std::uint64_t), model_key);
-            for (std::size_t s = 0; s < std::min(options_.sequential_sequences, ctx.sequences->size()); ++s)
-                h = detail::fingerprint((*ctx.sequences)[s].data(), (*ctx.sequences)[s].size() * sizeof(int), h);
-            h = detail::fingerprint(&ctx.damping, sizeof ctx.damping, h);
-            const std::pair key{h, rate_key(target)};
-            if (const auto it = sequential_.find(key); it != sequential_.end()) return it->second;
-            sequential_pass(ps, ctx, out);
-            sequential_.emplace(key, out);
-        }
+        // The pass depends on the choice, the matrices and Hessians (keys), the float
+        // model and the calibration sequences it runs on, and the damping: cached on those.
+        std::vector<std::uint64_t> keys;
+        for (const layer_problem& p : ps) keys.push_back(detail::fingerprint(p));
+        std::uint64_t h = detail::fingerprint(keys.data(), keys.size() * sizeof(std::uint64_t), model_key);
+        const std::size_t sequential_count = std::min(options_.sequential_sequences, ctx.sequences->size());
+        for (std::size_t s = 0; s < sequential_count; ++s)
+            h = detail::fingerprint((*ctx.sequences)[s].data(), (*ctx.sequences)[s].size() * sizeof(int), h);
+        h = detail::fingerprint(&ctx.damping, sizeof ctx.damping, h);
+        const std::pair key{h, std::llround(target * 1e6)};
+        if (const auto it = sequential_.find(key); it != sequential_.end()) return it->second;
+        const std::vector<std::vector<int>> pass_subset(ctx.sequences->begin(),
+                                                        ctx.sequences->begin() + static_cast<std::ptrdiff_t>(sequential_count));
+        detail::drift_collector drift{float_model, ps, linear_of, pass_subset, ctx.threads};
+        const mix_result out =
+            report(search_.sequential(ps, std::move(chosen), stages(float_model, linear_of), drift, ctx.damping, ctx.threads));
+        sequential_.emplace(key, out);
         return out;
     }
 
 private:
-    // mix_options::sequential: stages in model order (per block: wq wk wv, then
-    // wo, then w1 w3, then w2), each against the inputs of the model with every
-    // earlier stage (and the embedding, when quantized) already replaced.
-    void sequential_pass(std::span<const layer_problem> ps, const calibration_context& ctx, mix_result& out) const {
-        const llama2::model& float_model = *ctx.float_model;
-        llama2::model q = float_model;
-        const std::vector<llama2::linear_ref> refs = q.linears();
-        std::vector<std::size_t> linear_of(ps.size(), refs.size());  // refs.size(): the embedding
-        for (std::size_t i = 0; i < ps.size(); ++i) {
-            for (const llama2::linear_ref& r : refs)
-                if (r.name == ps[i].name) linear_of[i] = r.index;
-            if (linear_of[i] == refs.size()) {
-                const std::span<float> e = q.mutable_token_embedding();
-                if (e.size() != out.solution.layers[i].weights.size())
-                    throw invalid_argument(fmt::format("pvq-hessian-mix: {} is not a matrix of the model", ps[i].name));
-                std::copy(out.solution.layers[i].weights.begin(), out.solution.layers[i].weights.end(), e.begin());
-            }
-        }
+    // Stages in model order (per block: wq wk wv, then wo, then w1 w3, then
+    // w2); each sees the model with every earlier stage (and the embedding,
+    // when quantized: in no stage) already replaced.
+    static std::vector<std::vector<std::size_t>> stages(const llama2::model& m, const std::vector<std::size_t>& linear_of) {
+        const std::vector<llama2::linear_view> views = m.linears();
         const auto stage_of = [&](std::size_t linear) {
-            const llama2::linear_kind k = refs[linear].kind;
+            const llama2::linear_kind k = views[linear].kind;
             const std::size_t part = k == llama2::linear_kind::wo   ? 1
                                      : k == llama2::linear_kind::w1 || k == llama2::linear_kind::w3 ? 2
                                      : k == llama2::linear_kind::w2 ? 3
                                                                     : 0;
-            return static_cast<std::size_t>(refs[linear].layer) * 4 + part;
+            return static_cast<std::size_t>(views[linear].layer) * 4 + part;
         };
-        std::map<std::size_t, std::vector<std::size_t>> stages;  // stage -> problem indices
-        for (std::size_t i = 0; i < ps.size(); ++i)
-            if (linear_of[i] < refs.size()) stages[stage_of(linear_of[i])].push_back(i);
-        const std::vector<std::vector<int>> subset(
-            ctx.sequences->begin(),
-            ctx.sequences->begin() + static_cast<std::ptrdiff_t>(std::min(options_.sequential_sequences, ctx.sequences->size())));
-        for (const auto& [stage, members] : stages) {
-            std::vector<std::size_t> wanted;
-            for (const std::size_t i : members) wanted.push_back(linear_of[i]);
-            const std::vector<detail::drift_statistics> stats = detail::collect_drift(float_model, q, subset, wanted, ctx.threads);
-            detail::parallel_for(members.size(), ctx.threads, [&](std::size_t k) {
-                const std::size_t i = members[k];
-                const layer_problem& p = ps[i];
-                const auto cols = static_cast<Eigen::Index>(p.cols), rows = static_cast<Eigen::Index>(p.rows);
-                const double lambda = ctx.damping * stats[k].h.diagonal().mean();
-                const Eigen::MatrixXd hd = stats[k].h + lambda * Eigen::MatrixXd::Identity(cols, cols);
-                const Eigen::MatrixXd cd = options_.drift_correction ? Eigen::MatrixXd(stats[k].c + lambda * Eigen::MatrixXd::Identity(cols, cols)) : hd;
-                const Eigen::LLT<Eigen::MatrixXd> llt(hd);
-                if (llt.info() != Eigen::Success)
-                    throw invalid_argument(fmt::format("pvq-hessian-mix: damped drift Hessian of {} is not positive definite", p.name));
-                const Eigen::MatrixXd w =
-                    Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(p.weights.data(), rows, cols)
-                        .cast<double>();
-                // W' = W Cd Hd^-1, i.e. W'^T = Hd^-1 Cd^T W^T.
-                const Eigen::MatrixXd target_t = llt.solve(cd.transpose() * w.transpose());
-                std::vector<float> target(p.rows * p.cols);
-                for (Eigen::Index r = 0; r < rows; ++r)
-                    for (Eigen::Index c = 0; c < cols; ++c)
-                        target[static_cast<std::size_t>(r * cols + c)] = static_cast<float>(target_t(c, r));
-                std::vector<double> h(p.cols * p.cols);
-                Eigen::Map<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(h.data(), cols, cols) = hd;
-                gptq_options g = options_.gptq;
-                g.threads = 1;
-                const quantized_matrix m = quantize(target, p.rows, p.cols, h, out.configs[i], g);
-                layer_solution& s = out.solution.layers[i];
-                if (m.stored_bits() != s.stored_bits)
-                    throw invalid_argument(fmt::format("pvq-hessian-mix: {} re-encoded to {} bits, not {}", p.name,
-                                                       m.stored_bits(), s.stored_bits));
-                s.weights = m.dequantize();
-                s.config += ", sequential";
-                out.matrices[i] = std::make_shared<const quantized_matrix>(m);
-            });
-            for (const std::size_t i : members)
-                std::copy(out.solution.layers[i].weights.begin(), out.solution.layers[i].weights.end(),
-                          refs[linear_of[i]].weights.begin());
-        }
+        std::map<std::size_t, std::vector<std::size_t>> by_stage;  // stage -> problem indices
+        for (std::size_t i = 0; i < linear_of.size(); ++i)
+            if (linear_of[i] < views.size()) by_stage[stage_of(linear_of[i])].push_back(i);
+        std::vector<std::vector<std::size_t>> out;
+        for (auto& [stage, members] : by_stage) out.push_back(std::move(members));
+        return out;
+    }
+
+    // The library's result as the table's solution, with the report strings.
+    static mix_result report(const svq::hessian_mix_result& r) {
+        mix_result out;
+        for (std::size_t i = 0; i < r.matrices.size(); ++i)
+            out.solution.layers.push_back({r.weights[i], r.matrices[i]->stored_bits(),
+                                           fmt::format("{} ({:.2f} bpw slot, s {:.3g}){}", to_string(r.configs[i]), r.rates[i],
+                                                       r.sensitivity[i], r.re_encoded[i] ? ", sequential" : "")});
+        out.configs = r.configs;
+        out.matrices = r.matrices;
+        out.rates = r.rates;
+        out.sensitivity = r.sensitivity;
+        out.budget_bits = r.budget_bits;
+        out.estimated_loss = r.estimated_loss;
+        out.uniform_estimated_loss = r.uniform_estimated_loss;
+        return out;
     }
 
     mix_options options_;
-    std::map<std::pair<std::uint64_t, long long>, std::optional<detail::mix_candidate>> candidates_;
-    std::map<std::tuple<std::uint64_t, std::uint64_t, std::string, long long>, double> kl_;
+    svq::hessian_mix search_;
     std::map<std::pair<std::uint64_t, long long>, mix_result> sequential_;  // results of the sequential pass
 };
 

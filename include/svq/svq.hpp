@@ -32,3 +32,4 @@
 #include <svq/matrix/rtn.hpp>
 #include <svq/kernels/split_index.hpp>
 #include <svq/kernels/gemv.hpp>
+#include <svq/model/model.hpp>
