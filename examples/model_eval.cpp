@@ -1,8 +1,10 @@
 // End-to-end evaluation: every linear layer of stories260K (wq wk wv wo w1 w2
 // w3 of all 5 blocks) quantized with RTN, GPTQ-RTN, plain PVQ, Hessian PVQ,
 // Hessian PVQ with mixed precision across matrices (pvq-hessian-mix, and
-// pvq-hessian-mix-seq with sequential drift-corrected calibration), the
-// latter fine-tuned against the float model (pvq-tuned, common/finetune.hpp)
+// pvq-hessian-mix-seq with sequential drift-corrected calibration: the
+// library's svq::hessian_mix), the latter fine-tuned against the float model
+// (pvq-tuned: svq::tune_quantized with the llama2 objective of
+// common/finetune.hpp)
 // and CRVQ (k-means and PVQ base) at several bpw, and the quantized model compared with the float one
 // (protocol and figures: docs/evaluation.md).
 //
