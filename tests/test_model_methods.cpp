@@ -14,7 +14,6 @@
 
 #include <fmt/format.h>
 
-
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -125,8 +124,7 @@ struct toy_model {
             hessians.push_back(damped_hessian(inputs.back()));
             names.push_back(fmt::format("m{}", i));
         }
-        for (std::size_t i = 0; i < count; ++i)
-            problems.push_back({names[i], rows, cols, weights[i], hessians[i], 1});
+        for (std::size_t i = 0; i < count; ++i) problems.push_back({names[i], rows, cols, weights[i], hessians[i], 1});
     }
 
     [[nodiscard]] double proxy(std::size_t i, std::span<const float> wq) const {
@@ -183,8 +181,9 @@ static_assert(!svq::DriftSource<proxy_sensitivity>);
 double output_error(const row_matrix& x, const row_matrix& xq, std::span<const float> w, std::span<const float> wq,
                     std::size_t rows, std::size_t cols) {
     const auto r = static_cast<Eigen::Index>(rows), c = static_cast<Eigen::Index>(cols);
-    const row_matrix wd = Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(w.data(), r, c)
-                              .cast<double>();
+    const row_matrix wd =
+        Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(w.data(), r, c)
+            .cast<double>();
     const row_matrix wqd =
         Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(wq.data(), r, c)
             .cast<double>();
@@ -201,8 +200,8 @@ struct linear_teacher {
     std::size_t gradient_calls = 0;
 
     // Loss and (optionally) gradients at (w, b) on inputs x.
-    double loss(const row_matrix& x, std::span<const float> w, std::span<const float> b, std::vector<float>* gw = nullptr,
-                std::vector<float>* gb = nullptr) const {
+    double loss(const row_matrix& x, std::span<const float> w, std::span<const float> b,
+                std::vector<float>* gw = nullptr, std::vector<float>* gb = nullptr) const {
         const auto r = static_cast<Eigen::Index>(rows), c = static_cast<Eigen::Index>(cols);
         row_matrix d(r, c);
         for (Eigen::Index i = 0; i < d.size(); ++i)
@@ -229,11 +228,12 @@ struct linear_teacher {
         g.weights.resize(1);
         g.parameters.resize(parameters.size());
         std::vector<float> unused;
-        (void)loss(train, weights[0], parameters.empty() ? std::span<const float>(b_star) : parameters[0], &g.weights[0],
-                   parameters.empty() ? &unused : &g.parameters[0]);
+        (void)loss(train, weights[0], parameters.empty() ? std::span<const float>(b_star) : parameters[0],
+                   &g.weights[0], parameters.empty() ? &unused : &g.parameters[0]);
         return g;
     }
-    double holdout_loss(std::span<const std::vector<float>> weights, std::span<const std::vector<float>> parameters) const {
+    double holdout_loss(std::span<const std::vector<float>> weights,
+                        std::span<const std::vector<float>> parameters) const {
         return loss(holdout, weights[0], parameters.empty() ? std::span<const float>(b_star) : parameters[0]);
     }
 };
@@ -288,7 +288,8 @@ TEST_CASE("allocate_bits: exact on convex candidates with a common bit step (exh
     CHECK(checked > 200);
 }
 
-TEST_CASE("allocate_bits: arbitrary candidates: within budget, no single swap improves, near the optimum", "[model][allocate]") {
+TEST_CASE("allocate_bits: arbitrary candidates: within budget, no single swap improves, near the optimum",
+          "[model][allocate]") {
     std::mt19937_64 rng(2);
     std::size_t instances = 0, optimal = 0;
     double worst = 1.0;
@@ -351,7 +352,8 @@ TEST_CASE("allocate_bits: errors name the values", "[model][allocate]") {
     CHECK(svq::allocate_bits(o, 350) == std::vector<std::size_t>{1, 0});
 }
 
-TEST_CASE("hessian_mix: closed-form sensitivities, exact budget, beats uniform, cached, thread-independent", "[model][mix]") {
+TEST_CASE("hessian_mix: closed-form sensitivities, exact budget, beats uniform, cached, thread-independent",
+          "[model][mix]") {
     // The same shapes and Hessian statistics, sensitivities 1 : 30 : 1000.
     const toy_model model({1.0, 30.0, 1000.0});
     const double target = 3.0;
@@ -413,7 +415,8 @@ TEST_CASE("hessian_mix: closed-form sensitivities, exact budget, beats uniform, 
     }
 }
 
-TEST_CASE("hessian_mix::sequential: same bits, lower drifted output error, stages see the earlier ones", "[model][mix]") {
+TEST_CASE("hessian_mix::sequential: same bits, lower drifted output error, stages see the earlier ones",
+          "[model][mix]") {
     const toy_model model({1.0, 30.0, 1000.0});
     svq::hessian_mix mix(cheap_mix_options());
     proxy_sensitivity oracle{model};
@@ -449,11 +452,13 @@ TEST_CASE("hessian_mix::sequential: same bits, lower drifted output error, stage
     CHECK_THROWS_WITH(mix.sequential(model.problems, a, {{3}}, drift, 0.01), Catch::Contains("stage member 3"));
     CHECK_THROWS_WITH(mix.sequential(model.problems, a, stages, drift, -1.0), Catch::Contains("-1"));
     struct wrong_count {
-        std::vector<svq::drift_statistics> drift(std::span<const std::size_t>, std::span<const std::span<const float>>) {
+        std::vector<svq::drift_statistics> drift(std::span<const std::size_t>,
+                                                 std::span<const std::span<const float>>) {
             return {};
         }
     } wrong;
-    CHECK_THROWS_WITH(mix.sequential(model.problems, a, stages, wrong, 0.01), Catch::Contains("0 drift statistics for 1"));
+    CHECK_THROWS_WITH(mix.sequential(model.problems, a, stages, wrong, 0.01),
+                      Catch::Contains("0 drift statistics for 1"));
 }
 
 TEST_CASE("hessian_mix: bad problems and targets are rejected with the value", "[model][mix]") {
@@ -480,7 +485,8 @@ TEST_CASE("tune_quantized: a linear layer's closed-form loss falls, bits and con
     const std::vector<float> e = gaussian_matrix(teacher.rows, teacher.cols, 11);
     for (std::size_t i = 0; i < w0.size(); ++i) w0[i] += e[i];
     const svq::matrix_config config = svq::test::explicit_config(32, 20, 3, 8, true);
-    const auto start = std::make_shared<const svq::quantized_matrix>(svq::quantize(w0, teacher.rows, teacher.cols, config));
+    const auto start =
+        std::make_shared<const svq::quantized_matrix>(svq::quantize(w0, teacher.rows, teacher.cols, config));
     const std::vector<std::shared_ptr<const svq::quantized_matrix>> matrices = {start};
     std::vector<float> bias(teacher.b_star);
     for (float& b : bias) b += 0.5f;
@@ -567,7 +573,8 @@ TEST_CASE("tune_quantized: bad options and gradients are rejected with the value
     CHECK_THROWS_WITH(svq::tune_quantized(missing, {}, teacher, o), Catch::Contains("matrix 0 is null"));
     // A gradient of the wrong size: the sizes in the message.
     struct short_gradient {
-        svq::tune_gradient gradient(std::size_t, std::span<const std::vector<float>>, std::span<const std::vector<float>>) {
+        svq::tune_gradient gradient(std::size_t, std::span<const std::vector<float>>,
+                                    std::span<const std::vector<float>>) {
             return {{std::vector<float>(5)}, {}};
         }
         double holdout_loss(std::span<const std::vector<float>>, std::span<const std::vector<float>>) { return 1.0; }

@@ -97,7 +97,8 @@ struct rate_option {
                 const rate_option& o = options[i][j];
                 if (!(o.loss < cur.loss) || used - cur.bits + o.bits > budget) continue;
                 const double extra = static_cast<double>(o.bits) - static_cast<double>(cur.bits);
-                const double ratio = extra <= 0.0 ? std::numeric_limits<double>::infinity() : (cur.loss - o.loss) / extra;
+                const double ratio =
+                    extra <= 0.0 ? std::numeric_limits<double>::infinity() : (cur.loss - o.loss) / extra;
                 if (ratio > best_ratio) {
                     best_ratio = ratio;
                     bi = i;
@@ -111,8 +112,8 @@ struct rate_option {
     }
     for (std::size_t i = 0; i < fallback.size() && fallback.size() == n; ++i)
         if (fallback[i] >= options[i].size())
-            throw invalid_argument(fmt::format("allocate_bits: fallback option {} of matrix {}, which has {}", fallback[i], i,
-                                               options[i].size()));
+            throw invalid_argument(fmt::format("allocate_bits: fallback option {} of matrix {}, which has {}",
+                                               fallback[i], i, options[i].size()));
     if (fallback.size() == n && bits(fallback) <= budget && total_loss(fallback) < total_loss(pick)) return fallback;
     return pick;
 }

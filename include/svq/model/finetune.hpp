@@ -120,9 +120,10 @@ template <TuningObjective Objective>
                                          std::vector<std::vector<float>> parameters, Objective& objective,
                                          const tune_options& o) {
     if (o.check_every == 0) throw invalid_argument("tune_quantized: check_every must be >= 1, not 0");
-    if (!(o.weight_lr > 0.0) || !(o.parameter_lr > 0.0) || !std::isfinite(o.weight_lr) || !std::isfinite(o.parameter_lr))
-        throw invalid_argument(fmt::format("tune_quantized: learning rates {} and {} must be finite and > 0", o.weight_lr,
-                                           o.parameter_lr));
+    if (!(o.weight_lr > 0.0) || !(o.parameter_lr > 0.0) || !std::isfinite(o.weight_lr) ||
+        !std::isfinite(o.parameter_lr))
+        throw invalid_argument(fmt::format("tune_quantized: learning rates {} and {} must be finite and > 0",
+                                           o.weight_lr, o.parameter_lr));
     const std::size_t n = start.size();
     for (std::size_t i = 0; i < n; ++i)
         if (start[i] == nullptr) throw invalid_argument(fmt::format("tune_quantized: stored matrix {} is null", i));
@@ -155,17 +156,20 @@ template <TuningObjective Objective>
     for (std::size_t t = 1; t <= o.steps; ++t) {
         const tune_gradient g = objective.gradient(t, view(weights), view(parameters));
         if (g.weights.size() != n || g.parameters.size() != parameters.size())
-            throw invalid_argument(fmt::format("tune_quantized: step {} gave gradients of {} matrices and {} parameters, "
-                                               "not {} and {}",
-                                               t, g.weights.size(), g.parameters.size(), n, parameters.size()));
+            throw invalid_argument(
+                fmt::format("tune_quantized: step {} gave gradients of {} matrices and {} parameters, "
+                            "not {} and {}",
+                            t, g.weights.size(), g.parameters.size(), n, parameters.size()));
         for (std::size_t i = 0; i < n; ++i)
             if (g.weights[i].size() != latent[i].size())
-                throw invalid_argument(fmt::format("tune_quantized: step {} gave {} gradient values for matrix {} of {}", t,
-                                                   g.weights[i].size(), i, latent[i].size()));
+                throw invalid_argument(
+                    fmt::format("tune_quantized: step {} gave {} gradient values for matrix {} of {}", t,
+                                g.weights[i].size(), i, latent[i].size()));
         for (std::size_t k = 0; k < parameters.size(); ++k)
             if (g.parameters[k].size() != parameters[k].size())
-                throw invalid_argument(fmt::format("tune_quantized: step {} gave {} gradient values for parameter {} of {}",
-                                                   t, g.parameters[k].size(), k, parameters[k].size()));
+                throw invalid_argument(
+                    fmt::format("tune_quantized: step {} gave {} gradient values for parameter {} of {}", t,
+                                g.parameters[k].size(), k, parameters[k].size()));
         const double decay =
             0.5 * (1.0 + std::cos(std::numbers::pi * static_cast<double>(t - 1) / static_cast<double>(o.steps)));
         for (std::size_t i = 0; i < n; ++i)

@@ -66,10 +66,12 @@ struct matrix_problem {
 };
 
 struct hessian_mix_options {
-    std::vector<double> rate_offsets = {-0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75};  // candidate rates: target + each (> 0)
-    bool drift_correction = true;  // sequential pass; false: quantize W itself under H~ + lambda I (GPTQ's sequential mode)
+    std::vector<double> rate_offsets = {-0.75, -0.5, -0.25, 0.0,
+                                        0.25,  0.5,  0.75};  // candidate rates: target + each (> 0)
+    bool drift_correction =
+        true;  // sequential pass; false: quantize W itself under H~ + lambda I (GPTQ's sequential mode)
     auto_config_options config{};  // the configurations choose_config tries at each rate
-    gptq_options gptq{};           // Hessian PVQ of every candidate (its threads are ignored: candidates run in parallel)
+    gptq_options gptq{};  // Hessian PVQ of every candidate (its threads are ignored: candidates run in parallel)
 };
 
 // H~ = X~^T X~ / n and C = X^T X~ / n of one matrix's inputs (cols x cols):
@@ -101,11 +103,11 @@ struct hessian_mix_result {
     std::vector<std::shared_ptr<const quantized_matrix>> matrices;  // the stored form
     std::vector<std::vector<float>> weights;                        // matrices[i]->dequantize()
     std::vector<matrix_config> configs;
-    std::vector<double> rates;           // the candidate rate (bpw slot) each matrix got
-    std::vector<double> sensitivity;     // s_i = loss_i / proxy_i
-    std::vector<bool> re_encoded;        // encoded again by the sequential pass
-    std::size_t budget_bits = 0;         // floor(target * weights)
-    double estimated_loss = 0.0;         // sum of s_i proxy_i of the choice
+    std::vector<double> rates;            // the candidate rate (bpw slot) each matrix got
+    std::vector<double> sensitivity;      // s_i = loss_i / proxy_i
+    std::vector<bool> re_encoded;         // encoded again by the sequential pass
+    std::size_t budget_bits = 0;          // floor(target * weights)
+    double estimated_loss = 0.0;          // sum of s_i proxy_i of the choice
     double uniform_estimated_loss = 0.0;  // the same with every matrix at the target rate
 
     // Every stored bit of every matrix (never above budget_bits).
@@ -119,7 +121,8 @@ struct hessian_mix_result {
 namespace detail {
 
 // FNV-1a over raw bytes: keys the caches to the exact inputs.
-inline std::uint64_t fingerprint(const void* data, std::size_t bytes, std::uint64_t h = 0xcbf29ce484222325ull) noexcept {
+inline std::uint64_t fingerprint(const void* data, std::size_t bytes,
+                                 std::uint64_t h = 0xcbf29ce484222325ull) noexcept {
     const auto* p = static_cast<const unsigned char*>(data);
     for (std::size_t i = 0; i < bytes; ++i) h = (h ^ p[i]) * 0x100000001b3ull;
     return h;
@@ -200,7 +203,11 @@ public:
                 const config_candidate c =
                     choose_config(p.weights, p.rows, p.cols, p.hessian, todo[t].second, options_.config, g);
                 const quantized_matrix q = quantize(p.weights, p.rows, p.cols, p.hessian, c.config, g);
-                detail::mix_candidate m{todo[t].second, q.dequantize(), q.stored_bits(), q.config(), 0.0,
+                detail::mix_candidate m{todo[t].second,
+                                        q.dequantize(),
+                                        q.stored_bits(),
+                                        q.config(),
+                                        0.0,
                                         std::make_shared<const quantized_matrix>(q)};
                 m.proxy = proxy_loss(p.weights, m.weights, p.rows, p.cols, p.hessian);
                 made[t] = std::move(m);
@@ -254,7 +261,8 @@ public:
         // The allocation.
         std::vector<std::vector<rate_option>> opts(n);
         for (std::size_t i = 0; i < n; ++i)
-            for (const detail::mix_candidate* c : per[i]) opts[i].push_back({c->stored_bits, out.sensitivity[i] * c->proxy});
+            for (const detail::mix_candidate* c : per[i])
+                opts[i].push_back({c->stored_bits, out.sensitivity[i] * c->proxy});
         out.budget_bits = static_cast<std::size_t>(std::floor(target_bpw * static_cast<double>(weights)));
         const std::vector<std::size_t> pick = allocate_bits(opts, out.budget_bits, at_target);
         for (std::size_t i = 0; i < n; ++i) {
@@ -317,16 +325,17 @@ public:
                         stats[k].h.rows(), stats[k].h.cols(), stats[k].c.rows(), stats[k].c.cols(), cols, cols));
                 const double lambda = damping * stats[k].h.diagonal().mean();
                 const Eigen::MatrixXd hd = stats[k].h + lambda * Eigen::MatrixXd::Identity(cols, cols);
-                const Eigen::MatrixXd cd = options_.drift_correction
-                                               ? Eigen::MatrixXd(stats[k].c + lambda * Eigen::MatrixXd::Identity(cols, cols))
-                                               : hd;
+                const Eigen::MatrixXd cd =
+                    options_.drift_correction
+                        ? Eigen::MatrixXd(stats[k].c + lambda * Eigen::MatrixXd::Identity(cols, cols))
+                        : hd;
                 const Eigen::LLT<Eigen::MatrixXd> llt(hd);
                 if (llt.info() != Eigen::Success)
-                    throw invalid_argument(
-                        fmt::format("hessian_mix::sequential: damped drift Hessian of {} is not positive definite", p.name));
+                    throw invalid_argument(fmt::format(
+                        "hessian_mix::sequential: damped drift Hessian of {} is not positive definite", p.name));
                 const Eigen::MatrixXd w =
-                    Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(p.weights.data(),
-                                                                                                           rows, cols)
+                    Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
+                        p.weights.data(), rows, cols)
                         .cast<double>();
                 // W' = W Cd Hd^-1, i.e. W'^T = Hd^-1 Cd^T W^T.
                 const Eigen::MatrixXd target_t = llt.solve(cd.transpose() * w.transpose());
@@ -335,13 +344,14 @@ public:
                     for (Eigen::Index c = 0; c < cols; ++c)
                         target[static_cast<std::size_t>(r * cols + c)] = static_cast<float>(target_t(c, r));
                 std::vector<double> h(p.cols * p.cols);
-                Eigen::Map<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(h.data(), cols, cols) = hd;
+                Eigen::Map<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(h.data(), cols,
+                                                                                                   cols) = hd;
                 gptq_options g = options_.gptq;
                 g.threads = 1;
                 const quantized_matrix m = quantize(target, p.rows, p.cols, h, result.configs[i], g);
                 if (m.stored_bits() != result.matrices[i]->stored_bits())
-                    throw invalid_argument(fmt::format("hessian_mix::sequential: {} re-encoded to {} bits, not {}", p.name,
-                                                       m.stored_bits(), result.matrices[i]->stored_bits()));
+                    throw invalid_argument(fmt::format("hessian_mix::sequential: {} re-encoded to {} bits, not {}",
+                                                       p.name, m.stored_bits(), result.matrices[i]->stored_bits()));
                 result.weights[i] = m.dequantize();
                 result.matrices[i] = std::make_shared<const quantized_matrix>(m);
             });
