@@ -1,5 +1,5 @@
 // Rate-distortion demo: svq's PVQ matrix codec at target bits per weight on
-// the synthetic sets of DESIGN.md 6 (4096 x 4096 iid Gaussian and Student-t(4))
+// the synthetic sets of docs/design.md, "Synthetic sets" (4096 x 4096 iid Gaussian and Student-t(4))
 // and on the trained weights of stories260K (when ../shared/data has them),
 // next to a round-to-nearest baseline (groups of 32, absmax int-b, fp16 scale)
 // measured in the same run.
@@ -7,7 +7,7 @@
 //   rate_distortion [--json FILE] [--size N] [--targets 2,3.25,...] [--data DIR]
 //                   [--no-real] [--no-progress]
 //
-// One thread. Every bpw is every stored bit / weights (DESIGN.md 6).
+// One thread. Every bpw is every stored bit / weights (docs/design.md, "Bits per weight").
 #include <common/llama2.hpp>
 #include <common/synthetic.hpp>
 

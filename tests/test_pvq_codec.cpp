@@ -49,7 +49,7 @@ TEST_CASE("codec round trip: decode(encode(x)) is g * y / ||y|| with the searche
 }
 
 TEST_CASE("codec SQNR on Gaussian data matches the design's prototype figure") {
-    // DESIGN.md: a plain PVQ prototype reached 16.7 dB at N = 32 and 2.99 shape bits (K = 50),
+    // docs/design.md ("A plain PVQ prototype"): a plain PVQ prototype reached 16.7 dB at N = 32 and 2.99 shape bits (K = 50),
     // with an unquantized gain. Our search must do at least as well.
     std::mt19937_64 rng(2);
     const svq::pvq_codec<svq::wide_uint<128>> codec(32, 50);

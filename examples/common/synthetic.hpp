@@ -1,4 +1,4 @@
-// The synthetic test matrices of DESIGN.md 6: iid N(0, 1) and iid Student-t
+// The synthetic test matrices of docs/design.md ("Synthetic sets"): iid N(0, 1) and iid Student-t
 // with 4 degrees of freedom (heavy tails, like trained weights), from fixed
 // seeds through svq's portable generator, so every platform gets the same set.
 #pragma once

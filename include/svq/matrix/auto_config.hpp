@@ -2,7 +2,7 @@
 // with the least error".
 //
 // For every group size N in the candidate list, every gain width and both row
-// scale widths, the largest K whose layout (every stored bit, DESIGN.md 6)
+// scale widths, the largest K whose layout (every stored bit, docs/design.md, "Bits per weight")
 // stays at or below the target is found by bisection (bpw rises with K). Each
 // such candidate is then tried on a sample of the matrix's rows (evenly
 // spaced, encoded and decoded exactly as quantize does): its SQNR on the sample

@@ -10,7 +10,7 @@
 // back to back into 64-bit words (the last word padded). Matrix-level fields:
 // the reference scale (fp32, 32 bits) that row scales are relative to, and the
 // rotation seed (64 bits when rotated). bpw counts all of them and the padding
-// (DESIGN.md 6: every stored bit; only the header with shapes and the
+// (docs/design.md, "Bits per weight": every stored bit; only the header with shapes and the
 // configuration is excepted).
 #pragma once
 

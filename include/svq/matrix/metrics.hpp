@@ -1,4 +1,4 @@
-// Error measures used everywhere in svq (DESIGN.md 6).
+// Error measures used everywhere in svq (docs/design.md, "How svq measures").
 #pragma once
 
 #include <svq/error.hpp>
