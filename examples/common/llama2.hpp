@@ -275,7 +275,7 @@ private:
 // A llama2.c model held as float32 vectors, one per tensor.
 class model {
 public:
-    // Reads a llama2.c legacy checkpoint (layout in /work/shared/data/README.md).
+    // Reads a llama2.c legacy checkpoint (layout: docs/evaluation.md, "The data files").
     // Throws io_error if the file cannot be read, corrupt_data if the header
     // is not a sane configuration, the file size is not exactly what the
     // header implies, or a weight is not finite.
