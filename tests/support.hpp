@@ -1,7 +1,7 @@
 // Helpers shared by the test files.
 #pragma once
 
-#include <svq/matrix/layout.hpp>
+#include <svq/format/layout.hpp>
 
 #include <cstddef>
 

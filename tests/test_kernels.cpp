@@ -1,4 +1,4 @@
-// Split-order index (kernels/split_index.hpp) and the fast matrix kernels
+// Split-order index (format/split_index.hpp) and the fast matrix kernels
 // (kernels/gemv.hpp): bijection, table-driven coder against the plain
 // definition, dequantize bit for bit, gemv against a float GEMV.
 #include "catch.hpp"
@@ -7,7 +7,9 @@
 #include <common/synthetic.hpp>
 
 #include <svq/kernels/gemv.hpp>
-#include <svq/kernels/split_index.hpp>
+#include <svq/format/split_index.hpp>
+
+#include "oracle/split_lattice.hpp"
 #include <svq/matrix/auto_config.hpp>
 #include <svq/matrix/quantized_matrix.hpp>
 #include <svq/pvq/count.hpp>
@@ -47,7 +49,7 @@ bool valid_point(const std::vector<int>& y, std::size_t k) {
 template <class Index>
 void check_against_definition(std::size_t n, std::size_t k, int count, std::uint64_t seed) {
     const svq::pvq_split_index fast(n, k);
-    const svq::pvq_split_lattice<Index> plain(n, k);
+    const svq::oracle::pvq_split_lattice<Index> plain(n, k);
     REQUIRE(svq::detail::index_from_limbs<Index>(fast.size_limbs(), fast.limbs()) == plain.size());
     REQUIRE(plain.size() == svq::pvq_count<Index>(n, k));
     std::mt19937_64 rng(seed);
@@ -111,7 +113,7 @@ double checked_gemv_error(const svq::matrix_decoder& dec, const std::vector<floa
 TEST_CASE("split order is a bijection for every N <= 6, K <= 7 (exhaustive)") {
     for (std::size_t n = 1; n <= 6; ++n) {
         for (std::size_t k = 1; k <= 7; ++k) {
-            const svq::pvq_split_lattice<std::uint64_t> plain(n, k);
+            const svq::oracle::pvq_split_lattice<std::uint64_t> plain(n, k);
             const svq::pvq_split_index fast(n, k);
             std::set<std::vector<int>> seen;
             std::vector<int> y(n), z(n);
@@ -135,7 +137,7 @@ TEST_CASE("split order is a bijection for every N <= 6, K <= 7 (exhaustive)") {
 
 TEST_CASE("split order: left pulses ascending, then mixed radix (left, right)") {
     // N = 2, K = 2: j = 0: (0, 2), (0, -2); j = 1: (1, 1), (1, -1), (-1, 1), (-1, -1); j = 2: (2, 0), (-2, 0).
-    const svq::pvq_split_lattice<std::uint64_t> plain(2, 2);
+    const svq::oracle::pvq_split_lattice<std::uint64_t> plain(2, 2);
     const std::vector<std::vector<int>> expected = {{0, 2},  {0, -2},  {1, 1}, {1, -1},
                                                     {-1, 1}, {-1, -1}, {2, 0}, {-2, 0}};
     std::vector<int> y(2);
@@ -164,7 +166,7 @@ TEST_CASE("unrank_batch over many groups == the plain definition group by group"
     // (128, 83): P(8, k) leaves; (128, 184) and (128, 376): 3 and 4 bpw, wide nodes of 2 to 8 words.
     for (const std::size_t k : {83, 184, 376}) {
         const svq::pvq_split_index fast(128, k);
-        const svq::pvq_split_lattice<svq::wide_uint<512>> plain(128, k);
+        const svq::oracle::pvq_split_lattice<svq::wide_uint<512>> plain(128, k);
         std::mt19937_64 rng(k);
         const std::size_t groups = 64, w = fast.limbs();
         std::vector<std::uint64_t> words(groups * w);
@@ -201,78 +203,6 @@ TEST_CASE("table-driven split index round trips 10^5 random indices per configur
         }
         INFO("N = " << n << " K = " << k);
         REQUIRE(bad == 0);
-    }
-}
-
-TEST_CASE("Knuth division agrees with multiply-back on wide operands") {
-    std::mt19937_64 rng(42);
-    for (int i = 0; i < 20000; ++i) {
-        const std::size_t ln = 1 + rng() % 8, ld = 1 + rng() % ln;
-        std::vector<std::uint64_t> num(ln), den(ld), q(ln), r(ld), back(ln + 1), prod(ln + 1);
-        for (auto& v : num) v = rng() >> (rng() % 64);
-        for (auto& v : den) v = rng() >> (rng() % 64);
-        if (rng() % 4 == 0) den[ld - 1] = ~std::uint64_t{0};  // the qhat = b - 1 path
-        if (svq::detail::limbs_used(den.data(), ld) == 0) den[0] = 1;
-        svq::detail::limbs_divmod(num.data(), ln, den.data(), ld, q.data(), ln, r.data());
-        REQUIRE(svq::detail::limbs_less(r.data(), den.data(), ld));
-        svq::detail::limbs_mul(q.data(), ln, den.data(), ld, prod.data(), ln + 1);
-        std::vector<std::uint64_t> rr(ln + 1, 0);
-        std::copy(r.begin(), r.end(), rr.begin());
-        svq::detail::limbs_add(prod.data(), rr.data(), ln + 1);
-        std::vector<std::uint64_t> expect(ln + 1, 0);
-        std::copy(num.begin(), num.end(), expect.begin());
-        REQUIRE(prod == expect);
-    }
-}
-
-namespace {
-
-// divmod_fixed<LN, LD> (pre-normalised divisor, reciprocal of its top word)
-// against the generic limbs_divmod on random operands.
-template <std::size_t LN, std::size_t LD>
-int fixed_division_mismatches(std::mt19937_64& rng, int count) {
-    int bad = 0;
-    for (int i = 0; i < count; ++i) {
-        std::array<std::uint64_t, LN> num{}, q{}, q_ref{};
-        std::array<std::uint64_t, LD> den{}, r{}, r_ref{}, vn{};
-        for (auto& v : num) v = rng() >> (rng() % 64);
-        for (auto& v : den) v = rng() >> (rng() % 64);
-        if (rng() % 4 == 0) den[LD - 1] = ~std::uint64_t{0};  // the qhat = b - 1 path
-        if (den[LD - 1] == 0) den[LD - 1] = 1 + rng() % 5;    // LD words used
-        const int s = std::countl_zero(den[LD - 1]);
-        for (std::size_t t = LD; t-- > 0;) vn[t] = (den[t] << s) | (s != 0 && t > 0 ? den[t - 1] >> (64 - s) : 0);
-        svq::detail::divmod_fixed<LN, LD>(num.data(), vn.data(), s, svq::detail::reciprocal_word(vn[LD - 1]), q.data(),
-                                          r.data());
-        svq::detail::limbs_divmod(num.data(), LN, den.data(), LD, q_ref.data(), LN, r_ref.data());
-        bad += q != q_ref || r != r_ref;
-    }
-    return bad;
-}
-
-}  // namespace
-
-TEST_CASE("fixed-size Knuth division with precomputed reciprocals == generic Knuth division") {
-    std::mt19937_64 rng(7);
-    REQUIRE(fixed_division_mismatches<2, 1>(rng, 20000) == 0);
-    REQUIRE(fixed_division_mismatches<2, 2>(rng, 20000) == 0);
-    REQUIRE(fixed_division_mismatches<3, 2>(rng, 20000) == 0);
-    REQUIRE(fixed_division_mismatches<4, 2>(rng, 20000) == 0);
-    REQUIRE(fixed_division_mismatches<5, 1>(rng, 20000) == 0);
-    REQUIRE(fixed_division_mismatches<6, 3>(rng, 20000) == 0);
-    REQUIRE(fixed_division_mismatches<7, 6>(rng, 20000) == 0);
-    REQUIRE(fixed_division_mismatches<8, 4>(rng, 20000) == 0);
-    REQUIRE(fixed_division_mismatches<8, 8>(rng, 20000) == 0);
-    // 2-by-1 with a precomputed reciprocal on the edge values.
-    for (const std::uint64_t d : {std::uint64_t{1} << 63, ~std::uint64_t{0}, (std::uint64_t{1} << 63) + 1}) {
-        const std::uint64_t v = svq::detail::reciprocal_word(d);
-        for (const std::uint64_t u1 : {std::uint64_t{0}, d - 1, d / 2}) {
-            for (const std::uint64_t u0 : {std::uint64_t{0}, ~std::uint64_t{0}, std::uint64_t{12345}}) {
-                std::uint64_t rem = 0, rem_ref = 0;
-                const std::uint64_t q = svq::detail::div_2by1_preinv(u1, u0, d, v, rem);
-                REQUIRE(q == svq::detail::div_2by1(u1, u0, d, rem_ref));
-                REQUIRE(rem == rem_ref);
-            }
-        }
     }
 }
 
@@ -358,7 +288,7 @@ TEST_CASE("dense unrank == the plain definition on random indices (one-word conf
     for (const nk c : {nk{16, 10}, nk{16, 22}, nk{16, 46}, nk{32, 21}, nk{8, 5}, nk{8, 11}, nk{8, 30}, nk{16, 1},
                        nk{32, 2}, nk{128, 11}, nk{16, 56}}) {
         const svq::pvq_split_index fast(c.n, c.k);
-        const svq::pvq_split_lattice<std::uint64_t> plain(c.n, c.k);
+        const svq::oracle::pvq_split_lattice<std::uint64_t> plain(c.n, c.k);
         INFO("N = " << c.n << " K = " << c.k);
         REQUIRE(fast.dense());
         std::mt19937_64 rng(c.n * 1000 + c.k);
@@ -409,7 +339,7 @@ TEST_CASE("four-way nodes of 16: composition order, exhaustive for small K") {
     // N = 16, K = 2: compositions (0,0,0,2) (0,0,1,1) (0,0,2,0) (0,1,0,1) ...;
     // the first is the 32 points of P(4, 2) in the last quarter, in the order of P(4, 2).
     REQUIRE(svq::detail::quad_nodes(2));
-    const svq::pvq_split_lattice<std::uint64_t> p16(16, 2), p4(4, 2);
+    const svq::oracle::pvq_split_lattice<std::uint64_t> p16(16, 2), p4(4, 2);
     std::vector<int> y(16), q(4);
     for (std::uint64_t i = 0; i < 32; ++i) {
         p16.unrank(i, y);
@@ -420,14 +350,14 @@ TEST_CASE("four-way nodes of 16: composition order, exhaustive for small K") {
     // (0,0,1,1): index 32 + i3 * 8 + i4 with P(4, 1) = (1,0,0,0) (-1,0,0,0) ... in the 4-node order.
     p16.unrank(32 + 8 * 1 + 2, y);
     std::vector<int> a(4), b(4);
-    svq::pvq_split_lattice<std::uint64_t>(4, 1).unrank(1, a);
-    svq::pvq_split_lattice<std::uint64_t>(4, 1).unrank(2, b);
+    svq::oracle::pvq_split_lattice<std::uint64_t>(4, 1).unrank(1, a);
+    svq::oracle::pvq_split_lattice<std::uint64_t>(4, 1).unrank(2, b);
     REQUIRE(std::equal(a.begin(), a.end(), y.begin() + 8));
     REQUIRE(std::equal(b.begin(), b.end(), y.begin() + 12));
     // Bijection: every index of N = 16 (K <= 3) and N = 32 (K <= 2), table-driven == definition.
     for (const auto& [n, kmax] : std::vector<std::pair<std::size_t, std::size_t>>{{16, 3}, {32, 2}, {31, 2}}) {
         for (std::size_t k = 1; k <= kmax; ++k) {
-            const svq::pvq_split_lattice<std::uint64_t> plain(n, k);
+            const svq::oracle::pvq_split_lattice<std::uint64_t> plain(n, k);
             const svq::pvq_split_index fast(n, k);
             std::set<std::vector<int>> seen;
             std::vector<int> u(n), v(n);
@@ -460,7 +390,7 @@ TEST_CASE("dense walk == the plain definition at every composition and root boun
     for (const nk c : {nk{16, 10}, nk{16, 22}, nk{16, 46}, nk{32, 21}, nk{8, 5}, nk{8, 11}, nk{8, 30}, nk{16, 1},
                        nk{32, 2}, nk{64, 6}, nk{8, 16}, nk{128, 11}, nk{16, 56}}) {
         const svq::pvq_split_index ix(c.n, c.k);
-        const svq::pvq_split_lattice<std::uint64_t> plain(c.n, c.k);
+        const svq::oracle::pvq_split_lattice<std::uint64_t> plain(c.n, c.k);
         INFO("N = " << c.n << " K = " << c.k);
         REQUIRE(ix.dense());
         const std::uint64_t v = ix.size_limbs()[0];

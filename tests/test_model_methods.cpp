@@ -8,7 +8,7 @@
 
 #include <svq/core/eigen.hpp>
 #include <svq/hessian/calibration.hpp>
-#include <svq/matrix/layout.hpp>
+#include <svq/format/layout.hpp>
 #include <svq/matrix/quantized_matrix.hpp>
 #include <svq/model/model.hpp>
 

@@ -1,10 +1,14 @@
 #include "catch.hpp"
 
+#include <svq/core/limbs.hpp>
 #include <svq/core/wide_uint.hpp>
 
 #include <fmt/format.h>
 
+#include <array>
+#include <bit>
 #include <cstdint>
+#include <vector>
 #include <random>
 
 using u128 = svq::detail::uint128;
@@ -117,4 +121,73 @@ TEST_CASE("wide_uint is usable in constant expressions") {
     STATIC_REQUIRE(a.extract_bits(0, 8) == 5);
     STATIC_REQUIRE(svq::index_bits_v<svq::wide_uint<192>> == 192);
     STATIC_REQUIRE(svq::index_bits_v<std::uint32_t> == 32);
+}
+
+// core/limbs.hpp: the one division routine (Knuth D over a normalised divisor)
+// at run-time and at compile-time sizes, checked by multiplying back:
+// q * d + r == num and r < d.
+namespace {
+
+template <std::size_t LN = 0, std::size_t LD = 0>
+int division_failures(std::mt19937_64& rng, int count) {
+    int bad = 0;
+    for (int i = 0; i < count; ++i) {
+        const std::size_t ln = LN != 0 ? LN : 1 + rng() % 8, ld = LD != 0 ? LD : 1 + rng() % ln;
+        std::vector<std::uint64_t> num(ln), den(ld), q(ln), r(ld), prod(ln + 1), expect(ln + 1, 0), rr(ln + 1, 0);
+        for (auto& v : num) v = rng() >> (rng() % 64);
+        for (auto& v : den) v = rng() >> (rng() % 64);
+        if (rng() % 4 == 0) den[ld - 1] = ~std::uint64_t{0};  // the qhat = b - 1 path
+        if (den[ld - 1] == 0) den[ld - 1] = 1 + rng() % 5;    // ld words used
+        if constexpr (LN != 0) {  // the hot path's form: divisor normalised by the caller
+            const int s = std::countl_zero(den[ld - 1]);
+            std::array<std::uint64_t, LD> vn{};
+            for (std::size_t t = LD; t-- > 0;) vn[t] = (den[t] << s) | (s != 0 && t > 0 ? den[t - 1] >> (64 - s) : 0);
+            svq::detail::divmod_normalized<LN, LD>(num.data(), LN, vn.data(), LD, s,
+                                                   svq::detail::reciprocal_word(vn[LD - 1]), q.data(), r.data());
+        } else {
+            svq::detail::limbs_divmod(num.data(), ln, den.data(), ld, q.data(), ln, r.data());
+        }
+        svq::detail::limbs_mul(q.data(), ln, den.data(), ld, prod.data(), ln + 1);
+        std::copy(r.begin(), r.end(), rr.begin());
+        svq::detail::limbs_add(prod.data(), rr.data(), ln + 1);
+        std::copy(num.begin(), num.end(), expect.begin());
+        bad += prod != expect || !svq::detail::limbs_less(r.data(), den.data(), ld);
+    }
+    return bad;
+}
+
+}  // namespace
+
+TEST_CASE("limb division: q * d + r == num and r < d, run-time and fixed sizes") {
+    std::mt19937_64 rng(42);
+    REQUIRE(division_failures(rng, 20000) == 0);
+    REQUIRE(division_failures<2, 1>(rng, 20000) == 0);
+    REQUIRE(division_failures<2, 2>(rng, 20000) == 0);
+    REQUIRE(division_failures<3, 2>(rng, 20000) == 0);
+    REQUIRE(division_failures<5, 1>(rng, 20000) == 0);
+    REQUIRE(division_failures<6, 3>(rng, 20000) == 0);
+    REQUIRE(division_failures<7, 6>(rng, 20000) == 0);
+    REQUIRE(division_failures<8, 8>(rng, 20000) == 0);
+    REQUIRE(division_failures<16, 9>(rng, 5000) == 0);
+}
+
+TEST_CASE("two-by-one division with a precomputed reciprocal == 128-bit division") {
+    std::mt19937_64 rng(3);
+    const auto check = [](std::uint64_t u1, std::uint64_t u0, std::uint64_t d) {
+        const svq::detail::uint128 n = (static_cast<svq::detail::uint128>(u1) << 64) | u0;
+        std::uint64_t rem = 0;
+        const std::uint64_t q = svq::detail::div_2by1_preinv(u1, u0, d, svq::detail::reciprocal_word(d), rem);
+        return q == static_cast<std::uint64_t>(n / d) && rem == static_cast<std::uint64_t>(n % d);
+    };
+    for (const std::uint64_t d : {std::uint64_t{1} << 63, ~std::uint64_t{0}, (std::uint64_t{1} << 63) + 1}) {
+        for (const std::uint64_t u1 : {std::uint64_t{0}, d - 1, d / 2})
+            for (const std::uint64_t u0 : {std::uint64_t{0}, ~std::uint64_t{0}, std::uint64_t{12345}})
+                REQUIRE(check(u1, u0, d));
+    }
+    int bad = 0;
+    for (int i = 0; i < 100000; ++i) {
+        const std::uint64_t d = rng() | (std::uint64_t{1} << 63);
+        bad += !check(rng() % d, rng(), d);
+    }
+    REQUIRE(bad == 0);
 }

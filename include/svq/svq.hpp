@@ -7,9 +7,11 @@
 
 #include <svq/core/bitstream.hpp>
 #include <svq/core/half.hpp>
+#include <svq/core/limbs.hpp>
 #include <svq/core/wide_uint.hpp>
 
 #include <svq/pvq/codec.hpp>
+#include <svq/pvq/pulses.hpp>
 #include <svq/pvq/count.hpp>
 #include <svq/pvq/lattice.hpp>
 #include <svq/pvq/search.hpp>
@@ -20,16 +22,17 @@
 #include <svq/rotate/fwht.hpp>
 #include <svq/rotate/hadamard_rotation.hpp>
 
+#include <svq/format/layout.hpp>
+#include <svq/format/split_index.hpp>
+
 #include <svq/hessian/calibration.hpp>
 #include <svq/hessian/gptq.hpp>
 #include <svq/crvq/codebook.hpp>
 #include <svq/crvq/crvq.hpp>
 
 #include <svq/matrix/auto_config.hpp>
-#include <svq/matrix/layout.hpp>
 #include <svq/matrix/metrics.hpp>
 #include <svq/matrix/quantized_matrix.hpp>
 #include <svq/matrix/rtn.hpp>
-#include <svq/kernels/split_index.hpp>
 #include <svq/kernels/gemv.hpp>
 #include <svq/model/model.hpp>

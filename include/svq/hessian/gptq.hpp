@@ -39,10 +39,10 @@
 #include <svq/error.hpp>
 #include <svq/hessian/calibration.hpp>
 #include <svq/matrix/auto_config.hpp>
-#include <svq/matrix/layout.hpp>
+#include <svq/format/layout.hpp>
 #include <svq/matrix/quantized_matrix.hpp>
 #include <svq/matrix/rtn.hpp>
-#include <svq/pvq/codec.hpp>
+#include <svq/pvq/pulses.hpp>
 #include <svq/pvq/search.hpp>
 #include <svq/rotate/hadamard_rotation.hpp>
 

@@ -6,7 +6,7 @@
 //   dec.gemv_batch(x, y, 16);           // Y = Wq X for 16 vectors, one decode per group
 //
 // Decoding a group: its index goes through the table-driven split-order
-// unrank (kernels/split_index.hpp; for the speed configurations, whose index
+// unrank (format/split_index.hpp; for the speed configurations, whose index
 // fits one word, the dense walk pvq_split_index::unrank_dense over the whole
 // row, chosen by itself: docs/performance.md, "Speed configurations"), the pulses are scaled by
 // s * level / ||y|| through detail::group_factor, as pvq_row_coder::decode_row
@@ -22,9 +22,9 @@
 #include <svq/core/bitstream.hpp>
 #include <svq/core/parallel.hpp>
 #include <svq/error.hpp>
-#include <svq/kernels/split_index.hpp>
+#include <svq/format/split_index.hpp>
 #include <svq/matrix/quantized_matrix.hpp>
-#include <svq/pvq/codec.hpp>
+#include <svq/pvq/pulses.hpp>
 #include <svq/simd/compat.hpp>
 
 #include <fmt/format.h>

@@ -10,7 +10,7 @@
 #pragma once
 
 #include <svq/error.hpp>
-#include <svq/matrix/layout.hpp>
+#include <svq/format/layout.hpp>
 #include <svq/matrix/metrics.hpp>
 #include <svq/matrix/quantized_matrix.hpp>
 

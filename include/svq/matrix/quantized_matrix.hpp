@@ -21,9 +21,9 @@
 #include <svq/core/half.hpp>
 #include <svq/core/wide_uint.hpp>
 #include <svq/error.hpp>
-#include <svq/kernels/split_index.hpp>
-#include <svq/matrix/layout.hpp>
-#include <svq/pvq/codec.hpp>
+#include <svq/format/split_index.hpp>
+#include <svq/format/layout.hpp>
+#include <svq/pvq/pulses.hpp>
 #include <svq/pvq/search.hpp>
 #include <svq/rotate/hadamard_rotation.hpp>
 #include <svq/scale/lloyd_max.hpp>
@@ -312,7 +312,7 @@ private:
 
     matrix_layout l_;
     search_options search_;
-    // Split-order index (format version 3, kernels/split_index.hpp).
+    // Split-order index (format version 3, format/split_index.hpp).
     pvq_split_index full_;
     std::optional<pvq_split_index> tail_;
     scalar_quantizer gain_;

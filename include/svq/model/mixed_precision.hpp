@@ -31,7 +31,7 @@
 #include <svq/hessian/calibration.hpp>
 #include <svq/hessian/gptq.hpp>
 #include <svq/matrix/auto_config.hpp>
-#include <svq/matrix/layout.hpp>
+#include <svq/format/layout.hpp>
 #include <svq/matrix/quantized_matrix.hpp>
 #include <svq/model/allocate.hpp>
 #include <svq/model/parallel_for.hpp>
