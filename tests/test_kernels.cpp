@@ -456,23 +456,21 @@ TEST_CASE("speed configurations: index in one word, dense decode bit for bit lik
     }
 }
 
-// The integer-stage rotation (matrix/quantized_matrix.hpp) written out plainly
+// The integer-stage rotation (format/row_format.hpp) written out plainly
 // from the row's points and gain levels: z = H_N y exactly in integers, float(z) * factor, the float butterfly stages
 // half = N .. n/2 in ascending order, then the signs; the factor is
 // float(s) * float(level / sqrt(||y||^2 n)).
 std::vector<float> integer_stage_oracle(const svq::quantized_matrix& q) {
     const svq::matrix_layout& l = q.layout();
     const std::size_t n = l.cols, dim = l.group_dim;
-    const auto coder = svq::detail::make_row_coder(l, q.config().search);
-    const svq::detail::row_scale_codec scales{l.row_scale_bits, q.reference_scale()};
+    svq::row_format::buffers buffers = q.format().make_buffers();
     const svq::hadamard_rotation rotation(n, q.config().seed);
     const std::span<const float> signs = rotation.signs();
     std::vector<float> out(l.rows * n);
     std::vector<int> y(n);
     std::vector<double> levels(l.groups_per_row());
     for (std::size_t r = 0; r < l.rows; ++r) {
-        const double s =
-            coder->decode_points(svq::bit_reader(q.words()), l.row_bit_offset(r), scales, y.data(), levels.data());
+        const double s = q.format().read_points(q.words(), r, y.data(), levels.data(), buffers);
         float* w = out.data() + r * n;
         for (std::size_t j = 0; j < l.groups_per_row(); ++j) {
             int* z = y.data() + j * dim;

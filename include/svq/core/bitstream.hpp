@@ -3,7 +3,6 @@
 // a quantized matrix decodes without touching the rows before it).
 #pragma once
 
-#include <svq/core/wide_uint.hpp>
 #include <svq/error.hpp>
 
 #include <fmt/format.h>
@@ -27,17 +26,10 @@ public:
         if (offset != 0 && offset + count > 64) words_.push_back(value >> (64 - offset));
         bits_ += count;
     }
-    // Appends an index of `count` bits (any width the index type holds).
-    template <class Index>
-    void write_index(const Index& index, std::size_t count) {
-        if constexpr (detail::is_wide_uint<Index>::value) {
-            for (std::size_t done = 0; done < count; done += 64) {
-                const std::size_t n = count - done < 64 ? count - done : 64;
-                write(index.extract_bits(done, n), n);
-            }
-        } else {
-            write(static_cast<std::uint64_t>(index), count);
-        }
+    // Appends a number of `count` bits held in little-endian 64-bit words
+    // (ceil(count / 64) of them are read).
+    void write_limbs(const std::uint64_t* limbs, std::size_t count) {
+        for (std::size_t done = 0; done < count; done += 64) write(limbs[done / 64], count - done < 64 ? count - done : 64);
     }
     std::size_t bits() const noexcept { return bits_; }
     std::vector<std::uint64_t> take() && { return std::move(words_); }
@@ -60,17 +52,12 @@ public:
         if (off != 0 && off + count > 64) v |= words_[w + 1] << (64 - off);
         return count == 64 ? v : (v & ((std::uint64_t{1} << count) - 1));
     }
-    template <class Index>
-    Index read_index(std::size_t bit_offset, std::size_t count) const noexcept {
-        if constexpr (detail::is_wide_uint<Index>::value) {
-            Index index;
-            for (std::size_t done = 0; done < count; done += 64) {
-                const std::size_t n = count - done < 64 ? count - done : 64;
-                index.words()[done / 64] = read(bit_offset + done, n);
-            }
-            return index;
-        } else {
-            return static_cast<Index>(read(bit_offset, count));
+    // A number of `count` bits into `limbs` little-endian words (the words
+    // above count are zeroed).
+    void read_limbs(std::size_t bit_offset, std::size_t count, std::uint64_t* out, std::size_t limbs) const noexcept {
+        for (std::size_t t = 0; t < limbs; ++t) {
+            const std::size_t done = 64 * t;
+            out[t] = done < count ? read(bit_offset + done, count - done < 64 ? count - done : 64) : 0;
         }
     }
 

@@ -266,7 +266,7 @@ inline working_metric make_working_metric(std::span<const double> h, std::size_t
 // wf: the rotated rows (rows x cols), hw: H in that basis (row-major cols x cols);
 // scale_codes, points and codes are updated in place.
 inline void refine_groups(const std::vector<float>& wf, std::size_t rows, std::size_t cols, const row_major_matrix& hw,
-                          const matrix_layout& layout, const row_coder& coder, const search_options& search,
+                          const matrix_layout& layout, const row_format& format, const search_options& search,
                           const row_scale_codec& scales, std::vector<std::uint32_t>& scale_codes,
                           std::vector<int>& points, std::vector<std::uint32_t>& codes, int passes,
                           std::size_t block_columns, unsigned threads) {
@@ -306,7 +306,7 @@ inline void refine_groups(const std::vector<float>& wf, std::size_t rows, std::s
         std::vector<double> v(layout.group_dim);
         // The decoder's values of group j of row r (exactly what decode_row computes).
         const auto decode_group = [&](const int* y, std::size_t j, std::uint32_t code, double s) {
-            const float factor = group_factor(s, coder.gain_quantizer(j).levels()[code], y, info[j].dim);
+            const float factor = format.factor(s, j, format.gain_quantizer(j).levels()[code], y);
             for (std::size_t k = 0; k < info[j].dim; ++k) v[k] = static_cast<double>(static_cast<float>(y[k]) * factor);
         };
         row_major_matrix x(nr, c_count), e(nr, c_count);
@@ -374,7 +374,7 @@ inline void refine_groups(const std::vector<float>& wf, std::size_t rows, std::s
                 bool changed_block = false;
                 for (std::size_t j = g0; j < g1; ++j) {
                     const group_metric& g = info[j];
-                    const scalar_quantizer& q = coder.gain_quantizer(j);
+                    const scalar_quantizer& q = format.gain_quantizer(j);
                     const auto f = static_cast<Eigen::Index>(g.first), d = static_cast<Eigen::Index>(g.dim);
                     bool changed = false;
                     for (std::size_t r = r0; r < r1; ++r) {
@@ -459,8 +459,9 @@ inline std::vector<std::uint64_t> gptq_encode(const std::vector<float>& wf, std:
                                               const Eigen::MatrixXd& u, const row_major_matrix& hw,
                                               const matrix_config& config, float ref, const gptq_options& options) {
     const matrix_layout layout = make_layout(rows, cols, config);
-    const row_scale_codec scales{layout.row_scale_bits, ref};
-    const auto coder = make_row_coder(layout, config.search);
+    const row_format format(layout, ref);
+    const row_scale_codec& scales = format.scales();
+    const mse_row_encoder encoder(format, config.search);
     const auto r_count = static_cast<Eigen::Index>(rows), c_count = static_cast<Eigen::Index>(cols);
     row_major_matrix work =
         Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(wf.data(), r_count,
@@ -490,7 +491,7 @@ inline std::vector<std::uint64_t> gptq_encode(const std::vector<float>& wf, std:
         std::vector<double> scratch(detail::pvq_search_scratch_size(layout.group_dim));
         std::vector<double> stored(r1 - r0);
         for (std::size_t r = r0; r < r1; ++r) {
-            scale_codes[r] = coder->row_scale_code(wf.data() + r * cols, scales);
+            scale_codes[r] = encoder.row_scale_code(wf.data() + r * cols);
             if (scale_factor != 1.0) scale_codes[r] = scales.encode(scales.decode(scale_codes[r]) * scale_factor);
             stored[r - r0] = scales.decode(scale_codes[r]);
             row_loss[r] = 0.0;
@@ -509,7 +510,7 @@ inline std::vector<std::uint64_t> gptq_encode(const std::vector<float>& wf, std:
             for (std::size_t j = g0; j < g1; ++j) {
                 const detail::gptq_group& g = group_info[j];
                 const auto f = static_cast<Eigen::Index>(g.first), d = static_cast<Eigen::Index>(g.dim);
-                const scalar_quantizer& q = coder->gain_quantizer(j);
+                const scalar_quantizer& q = format.gain_quantizer(j);
                 xg = rows_view.middleCols(f, d);
                 ug.resize(nr, d);
                 for (std::size_t r = r0; r < r1; ++r) {
@@ -558,7 +559,7 @@ inline std::vector<std::uint64_t> gptq_encode(const std::vector<float>& wf, std:
                     const std::uint32_t code = s > 0.0 ? q.encode(gain / s) : 0;
                     codes[r * groups + j] = code;
                     // Exactly what decode_row computes.
-                    const float factor = detail::group_factor(s, q.levels()[code], y, g.dim);
+                    const float factor = format.factor(s, j, q.levels()[code], y);
                     for (Eigen::Index k = 0; k < d; ++k) {
                         const double value = static_cast<double>(static_cast<float>(y[k]) * factor);
                         e(i, k) = xg(i, k) - value;
@@ -609,12 +610,12 @@ inline std::vector<std::uint64_t> gptq_encode(const std::vector<float>& wf, std:
     points = std::move(best_points);
     // With H = c I the loss is the plain squared error and the codes are the plain encoder's.
     if (!is_scaled_identity(std::span<const double>(hw.data(), cols * cols), cols))
-        refine_groups(wf, rows, cols, hw, layout, *coder, config.search, scales, scale_codes, points, codes,
+        refine_groups(wf, rows, cols, hw, layout, format, config.search, scales, scale_codes, points, codes,
                       options.refine_passes, options.block_columns, threads);
 
     bit_writer out;
     for (std::size_t r = 0; r < rows; ++r)
-        coder->write_row(scale_codes[r], points.data() + r * cols, codes.data() + r * groups, out);
+        format.write_row(scale_codes[r], points.data() + r * cols, codes.data() + r * groups, out);
     return std::move(out).take();
 }
 

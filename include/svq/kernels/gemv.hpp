@@ -5,13 +5,14 @@
 //   dec.gemv(x, y);                     // y = Wq x without materialising Wq
 //   dec.gemv_batch(x, y, 16);           // Y = Wq X for 16 vectors, one decode per group
 //
-// Decoding a group: its index goes through the table-driven split-order
-// unrank (format/split_index.hpp; for the speed configurations, whose index
+// Decoding a row: its fields come from the format's reader
+// (row_format::read_fields, format/row_format.hpp), its points from the
+// table-driven split-order unrank (for the speed configurations, whose index
 // fits one word, the dense walk pvq_split_index::unrank_dense over the whole
-// row, chosen by itself: docs/performance.md, "Speed configurations"), the pulses are scaled by
-// s * level / ||y|| through detail::group_factor, as pvq_row_coder::decode_row
-// does (double factor, then float(y_i) * float(factor)), so dequantize matches
-// quantized_matrix::dequantize bit for bit.
+// row, chosen by itself: docs/performance.md, "Speed configurations"), and the
+// pulses are scaled by the format's factor s * level / ||y||
+// (detail::group_factor_of: double factor, then float(y_i) * float(factor)),
+// so dequantize matches quantized_matrix::dequantize bit for bit.
 //
 // gemv: the stored rows are w' = w R^T (rotate/hadamard_rotation.hpp), so
 // w . x = w' . (R x): x is rotated forward once, and every row is a sum over
@@ -375,29 +376,6 @@ inline void integer_stage_dense(std::int8_t* y8, const std::uint32_t* codes, con
     integer_stage_inverse(y, factors, n, cols, signs, out);
 }
 
-// The dense path's bit fields: `count` fields of ib + gb <= 64 bits from bit
-// `offset` of words (both words of every field exist), index (ib low bits)
-// and gain code. Returns whether an index is >= size. Two loads and shifts
-// per field, no branch (the second shift pair gives 0 when the field starts
-// on a word). Not inlined: inside the decoder's row function the loop's
-// values were spilled to the stack.
-[[gnu::noinline]] inline bool read_dense_fields(const std::uint64_t* words, std::size_t offset, std::size_t count,
-                                                std::size_t ib, std::size_t gb, std::uint64_t size,
-                                                std::uint64_t* index, std::uint32_t* codes) noexcept {
-    const std::uint64_t index_mask = (std::uint64_t{1} << ib) - 1;  // ib <= 63 on the dense path
-    const std::uint64_t code_mask = (std::uint64_t{1} << gb) - 1;   // gb <= 12
-    bool bad = false;
-    for (std::size_t j = 0; j < count; ++j, offset += ib + gb) {
-        const std::size_t w = offset / 64;
-        const auto sh = static_cast<unsigned>(offset % 64);
-        const std::uint64_t v = (words[w] >> sh) | ((words[w + 1] << 1) << (63 - sh));
-        index[j] = v & index_mask;
-        codes[j] = static_cast<std::uint32_t>((v >> ib) & code_mask);
-        bad |= index[j] >= size;
-    }
-    return bad;
-}
-
 // sum_i a_i * b_i over n floats (lane-wise fused multiply-adds, then a fixed-order reduction).
 template <class Arch>
 float float_dot_kernel(Arch, const float* a, const float* b, std::size_t n) noexcept {
@@ -429,35 +407,33 @@ inline float float_dot(const float* a, const float* b, std::size_t n) noexcept {
 
 class matrix_decoder {
 public:
-    // Builds the unrank tables of the full and the tail group, the gain levels
-    // and the rotation of q. q must outlive the decoder.
+    // Uses q's row format (its index tables and gain levels) and builds the
+    // dense path's tables. The decoder reads q's words: q must outlive it, and
+    // a temporary matrix is refused at compile time.
     explicit matrix_decoder(const quantized_matrix& q)
         : q_(&q),
+          f_(&q.format()),
           l_(q.layout()),
-          scales_{q.layout().row_scale_bits, q.reference_scale()},
-          full_(l_.group_dim, l_.pulses),
-          gain_levels_(levels_of(l_.group_dim)) {
-        if (l_.tail_dim != 0) {
-            tail_.emplace(l_.tail_dim, l_.tail_pulses);
-            tail_levels_ = levels_of(l_.tail_dim);
-        }
-        if (q.config().rotate) rotation_.emplace(l_.cols, q.config().seed);
-        integer_ = detail::integer_stage_rotation(l_, rotation_ ? &*rotation_ : nullptr);
-        if (full_.dense()) {
+          gain_levels_(levels_of(0)) {
+        if (l_.tail_dim != 0) tail_levels_ = levels_of(l_.full_groups);
+        rotation_ = q.rotation();
+        integer_ = detail::integer_stage_rotation(l_, rotation_);
+        if (full_index().dense()) {
             units_1_ = detail::dense_units(gain_levels_, l_.pulses, 1.0);
             if (integer_) units_n_ = detail::dense_units(gain_levels_, l_.pulses, static_cast<double>(l_.cols));
         }
     }
+    explicit matrix_decoder(const quantized_matrix&& q) = delete;
 
     std::size_t rows() const noexcept { return l_.rows; }
     std::size_t cols() const noexcept { return l_.cols; }
-    const pvq_split_index& full_index() const noexcept { return full_; }
+    const pvq_split_index& full_index() const noexcept { return f_->full_index(); }
 
     // Row r before the inverse rotation (cols floats). Throws svq::corrupt_data
     // for an index >= V(N, K) or a bad row scale code.
     void decode_row_rotated(std::size_t r, float* out) const {
         row_scratch sc = make_scratch();
-        if (full_.dense())
+        if (full_index().dense())
             decode_row_dense(r, out, sc);
         else
             decode_row_impl(r, out, sc, [](std::size_t, const int*, std::size_t, float) {});
@@ -481,7 +457,7 @@ public:
             for (std::size_t r = first; r < end; ++r) {
                 float* dst = out.data() + r * cols();
                 float* row = stream ? buffers.data() + (r % 2) * cols() : dst;
-                if (full_.dense()) {
+                if (full_index().dense()) {
                     decode_row_dense(r, row, sc, stream ? &streamer : nullptr, integer_);
                 } else if (integer_) {  // the factors with norm cols, then the row's points in place
                     decode_row_impl(
@@ -533,7 +509,7 @@ public:
             row_scratch sc = make_scratch();
             std::vector<float> acc(batch);
             for (std::size_t r = first; r < end; ++r) {
-                if (full_.dense()) {  // decode the row once, then one float dot per vector
+                if (full_index().dense()) {  // decode the row once, then one float dot per vector
                     decode_row_dense(r, sc.row.data(), sc);
                     for (std::size_t c = 0; c < batch; ++c)
                         y[c * rows() + r] = detail::float_dot(sc.row.data(), xr.data() + c * cols(), cols());
@@ -551,14 +527,15 @@ public:
     }
 
 private:
-    std::vector<double> levels_of(std::size_t dim) const {
-        const scalar_quantizer g = detail::matrix_gain_quantizer(dim, l_.cols, l_.gain_bits);
-        return {g.levels().begin(), g.levels().end()};
+    std::vector<double> levels_of(std::size_t group) const {
+        const std::span<const double> levels = f_->gain_quantizer(group).levels();
+        return {levels.begin(), levels.end()};
     }
 
     // Per-thread buffers of decode_row_impl.
     struct row_scratch {
         std::vector<std::uint64_t> index;  // the row's full-group indices, limbs() words each
+        std::array<std::uint64_t, detail::max_split_limbs> tail_index{};
         std::vector<int> y;                // the row's pulses, group_dim ints per group
         std::vector<std::uint32_t> codes;  // the row's gain codes
         pvq_split_index::unrank_workspace ws;
@@ -569,18 +546,18 @@ private:
     };
     row_scratch make_scratch() const {
         row_scratch s;
-        s.index.resize(l_.full_groups * full_.limbs());
+        s.index.resize(l_.full_groups * full_index().limbs());
         s.y.resize(l_.groups_per_row() * l_.group_dim);
         s.codes.resize(l_.groups_per_row());
         s.factors.resize(l_.groups_per_row());
-        if (full_.dense()) {
+        if (full_index().dense()) {
             s.y8.resize(l_.full_groups * l_.group_dim);
             s.row.resize(l_.cols);
         }
         return s;
     }
 
-    // Dense path (full_.dense(): the speed configurations, index in one word):
+    // Dense path (full_index().dense(): the speed configurations, index in one word):
     // reads each full group's index and gain code with one bit-field read,
     // unranks the row's full groups together (pvq_split_index::unrank_dense,
     // int8 pulses), then scales each group by detail::group_factor's formula
@@ -591,16 +568,7 @@ private:
     // (detail::integer_stage_inverse; the matrix has no tail group then).
     void decode_row_dense(std::size_t r, float* out, row_scratch& sc, detail::row_streamer* stream = nullptr,
                           bool integer = false) const {
-        const bit_reader in(q_->words());
-        std::size_t offset = l_.row_bit_offset(r);
-        const double s = scales_.decode(static_cast<std::uint32_t>(in.read(offset, l_.row_scale_bits)));
-        offset += l_.row_scale_bits;
-        const std::size_t n = l_.group_dim, ib = l_.index_bits, gb = l_.gain_bits, full = l_.full_groups;
-        const std::uint64_t size = full_.size_limbs()[0];
-        const std::uint64_t index_mask = (std::uint64_t{1} << ib) - 1;  // ib <= 63 on the dense path
-        std::uint64_t* index = sc.index.data();
-        std::uint32_t* codes = sc.codes.data();
-        bool bad = false;
+        const std::size_t n = l_.group_dim, full = l_.full_groups;
         const std::span<const std::uint64_t> words = q_->words();
         if (r + 1 < l_.rows) {
             // The next row's words (rows are read in order): one row of lead time,
@@ -610,37 +578,17 @@ private:
             const std::size_t to = std::min(words.size(), (l_.row_bit_offset(r + 1) + l_.bits_per_row()) / 64 + 1);
             for (std::size_t w = from; w < to; w += 8) __builtin_prefetch(words.data() + w);
         }
-        if (ib + gb <= 64 && (offset + full * (ib + gb)) / 64 + 1 < words.size()) {
-            bad = detail::read_dense_fields(words.data(), offset, full, ib, gb, size, index, codes);
-            offset += full * (ib + gb);
-        } else if (ib + gb <= 64) {
-            for (std::size_t j = 0; j < full; ++j, offset += ib + gb) {
-                const std::uint64_t v = in.read(offset, ib + gb);
-                index[j] = v & index_mask;
-                codes[j] = static_cast<std::uint32_t>(v >> ib);
-                bad |= index[j] >= size;
-            }
-        } else {
-            for (std::size_t j = 0; j < full; ++j, offset += ib + gb) {
-                index[j] = in.read(offset, ib);
-                codes[j] = static_cast<std::uint32_t>(in.read(offset + ib, gb));
-                bad |= index[j] >= size;
-            }
-        }
-        if (bad)
-            for (std::size_t j = 0; j < full; ++j)
-                if (index[j] >= size)
-                    throw corrupt_data(
-                        fmt::format("matrix_decoder: row {} group {}: index {} is not below V(N={}, K={}) = {}", r, j,
-                                    index[j], n, l_.pulses, size));
+        const double s = f_->read_fields(words, r, sc.index.data(), sc.tail_index.data(), sc.codes.data());
+        const std::uint32_t* codes = sc.codes.data();
+        const std::uint64_t* index = sc.index.data();
         // The previous row (dequantize) streams out during the walk: one
         // 16-float line per node of the walk's last level, as many as the row has.
         if (stream != nullptr) {
             detail::row_streamer::lines lines = stream->take();
-            full_.unrank_dense(index, full, sc.y8.data(), sc.dense, lines);
+            full_index().unrank_dense(index, full, sc.y8.data(), sc.dense, lines);
             stream->give_back(lines);
         } else
-            full_.unrank_dense(index, full, sc.y8.data(), sc.dense);
+            full_index().unrank_dense(index, full, sc.y8.data(), sc.dense);
         const auto scale = static_cast<float>(s);
         if (integer) {
             detail::integer_stage_dense(sc.y8.data(), codes, units_n_, scale, n, l_.cols, rotation_->signs().data(),
@@ -650,19 +598,9 @@ private:
         detail::scale_dense_groups8(sc.y8.data(), codes, units_1_, scale, full, n, sc.factors.data(), out);
         int* y = sc.y.data();
         if (l_.tail_dim != 0) {
-            std::array<std::uint64_t, detail::max_split_limbs> tail_index{};
-            const std::size_t w = tail_->limbs(), bits = l_.tail_index_bits;
-            for (std::size_t t = 0; t < w; ++t) {
-                const std::size_t done = 64 * t;
-                tail_index[t] = done < bits ? in.read(offset + done, std::min<std::size_t>(64, bits - done)) : 0;
-            }
-            const auto code = static_cast<std::uint32_t>(in.read(offset + bits, gb));
-            if (!tail_->in_range(tail_index.data()))
-                throw corrupt_data(fmt::format("matrix_decoder: row {} tail group: index is not below V(N={}, K={})", r,
-                                               l_.tail_dim, tail_->pulses()));
             int* yt = y + full * n;
-            tail_->unrank(tail_index.data(), yt);
-            const float factor = detail::group_factor(s, tail_levels_[code], yt, l_.tail_dim);
+            f_->unrank_tail(sc.tail_index.data(), yt);
+            const float factor = detail::group_factor(s, tail_levels_[codes[full]], yt, l_.tail_dim);
             detail::scale_pulses(yt, factor, out + full * n, l_.tail_dim);
         }
     }
@@ -674,32 +612,10 @@ private:
     // or cols for the integer-stage rotation). The pulses stay in sc.y.
     template <class OnGroup>
     void decode_row_impl(std::size_t r, float* out, row_scratch& sc, OnGroup&& on_group, double norm = 1.0) const {
-        const bit_reader in(q_->words());
-        std::size_t offset = l_.row_bit_offset(r);
-        const double s = scales_.decode(static_cast<std::uint32_t>(in.read(offset, l_.row_scale_bits)));
-        offset += l_.row_scale_bits;
+        const double s = f_->read_fields(q_->words(), r, sc.index.data(), sc.tail_index.data(), sc.codes.data());
         const std::size_t groups = l_.groups_per_row();
-        std::uint32_t* codes = sc.codes.data();
-        std::array<std::uint64_t, detail::max_split_limbs> tail_index{};
-        for (std::size_t j = 0; j < groups; ++j) {
-            const bool full = j < l_.full_groups;
-            const pvq_split_index& ix = full ? full_ : *tail_;
-            const std::size_t dim = full ? l_.group_dim : l_.tail_dim, bits = full ? l_.index_bits : l_.tail_index_bits;
-            const std::size_t w = ix.limbs();
-            std::uint64_t* index = full ? sc.index.data() + j * w : tail_index.data();
-            for (std::size_t t = 0; t < w; ++t) {
-                const std::size_t done = 64 * t;
-                index[t] = done < bits ? in.read(offset + done, std::min<std::size_t>(64, bits - done)) : 0;
-            }
-            offset += bits;
-            codes[j] = static_cast<std::uint32_t>(in.read(offset, l_.gain_bits));
-            offset += l_.gain_bits;
-            if (!ix.in_range(index))
-                throw corrupt_data(fmt::format("matrix_decoder: row {} group {}: index is not below V(N={}, K={})", r,
-                                               j, dim, ix.pulses()));
-        }
-        full_.unrank_batch(sc.index.data(), l_.full_groups, sc.y.data(), sc.ws);
-        if (l_.tail_dim != 0) tail_->unrank(tail_index.data(), sc.y.data() + l_.full_groups * l_.group_dim);
+        const std::uint32_t* codes = sc.codes.data();
+        f_->unrank_points(sc.index.data(), sc.tail_index.data(), sc.y.data(), sc.ws);
         for (std::size_t j = 0; j < groups; ++j) {
             const bool full = j < l_.full_groups;
             const std::size_t dim = full ? l_.group_dim : l_.tail_dim;
@@ -712,12 +628,10 @@ private:
     }
 
     const quantized_matrix* q_;
+    const row_format* f_;  // q's
     matrix_layout l_;
-    detail::row_scale_codec scales_;
-    pvq_split_index full_;
-    std::optional<pvq_split_index> tail_;
     std::vector<double> gain_levels_, tail_levels_;
-    std::optional<hadamard_rotation> rotation_;
+    const hadamard_rotation* rotation_ = nullptr;  // q's
     bool integer_ = false;  // detail::integer_stage_rotation
     detail::dense_units units_1_, units_n_;  // dense path: norm 1 and cols
 };
