@@ -196,10 +196,12 @@ TEST_CASE("Hessian PVQ feedback is the exact least-squares update, block by bloc
         opt.block_columns = 16;
         opt.full_metric_gain = full_metric;
         opt.refine_passes = 0;  // the hook sees the blocked search; refinement is tested below
-        opt.on_block = [&](std::size_t first, std::size_t end, std::span<const double> state) {
+        svq::detail::gptq_hooks hooks;
+        hooks.on_block = [&](std::size_t first, std::size_t end, std::span<const double> state) {
             states.push_back({first, end, as_dense(state, rows, cols)});
         };
-        const svq::quantized_matrix q = svq::quantize(w, rows, cols, h, explicit_config(8, 10, 4, 16, false), opt);
+        const svq::quantized_matrix q = svq::quantize_with(w, rows, cols, explicit_config(8, 10, 4, 16, false),
+                                                           svq::detail::hooked_hessian_search{{h, opt}, hooks});
         REQUIRE(states.size() == 5);
         CHECK(states.back().end == cols);
         check_feedback(wd, hd, states);
@@ -252,10 +254,11 @@ TEST_CASE("GPTQ-RTN feedback is the exact least-squares update, block by block",
     std::vector<block_state> states;
     svq::gptq_options opt;
     opt.block_columns = 32;
-    opt.on_block = [&](std::size_t first, std::size_t end, std::span<const double> state) {
+    svq::detail::gptq_hooks hooks;
+    hooks.on_block = [&](std::size_t first, std::size_t end, std::span<const double> state) {
         states.push_back({first, end, as_dense(state, rows, cols)});
     };
-    const svq::rtn_matrix q = svq::gptq_rtn_quantize(w, rows, cols, h, {3, 32}, opt);
+    const svq::rtn_matrix q = svq::detail::gptq_rtn_quantize(w, rows, cols, h, {3, 32}, opt, hooks);
     REQUIRE(states.size() == 3);
     check_feedback(as_dense(std::span<const float>(w), rows, cols), as_dense(std::span<const double>(h), cols, cols),
                    states);

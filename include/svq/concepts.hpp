@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <vector>
 
 namespace svq {
 
@@ -46,6 +47,63 @@ concept ScaleQuantizer = requires(const S& s, double value, std::uint32_t code) 
     { s.bits() } -> std::convertible_to<unsigned>;
     { s.encode(value) } -> std::convertible_to<std::uint32_t>;
     { s.decode(code) } -> std::convertible_to<double>;
+};
+
+// A family of gain quantizers, one per group shape: make(dim, cols, bits)
+// gives the ScaleQuantizer of the gains (normalised by the row scale) of a
+// group of `dim` weights in a row of `cols`, with 2^bits levels. The matrix
+// format's default is beta_gain_quantizers (format/row_format.hpp).
+template <class F>
+concept GainQuantizers = std::copy_constructible<F> && requires(const F& f, std::size_t dim, std::size_t cols,
+                                                                  unsigned bits) {
+    { f.make(dim, cols, bits) } -> ScaleQuantizer;
+};
+
+// The code of the points of one group: a pyramid P(dim, pulses) with a
+// bijective index held in limbs() little-endian 64-bit words, an index of
+// index_bits() bits. rank(y, index), unrank(index, y) (index < size,
+// unchecked), in_range(index). The matrix format's default is
+// pvq_split_index (format/split_index.hpp).
+template <class S>
+concept ShapeCode = std::constructible_from<S, std::size_t, std::size_t> &&
+                    requires(const S& s, const int* y, int* out, std::uint64_t* index, const std::uint64_t* cindex) {
+                        { s.dim() } -> std::convertible_to<std::size_t>;
+                        { s.pulses() } -> std::convertible_to<std::size_t>;
+                        { s.index_bits() } -> std::convertible_to<std::size_t>;
+                        { s.limbs() } -> std::convertible_to<std::size_t>;
+                        s.rank(y, index);
+                        s.unrank(cindex, out);
+                        { s.in_range(cindex) } -> std::same_as<bool>;
+                    };
+
+// A weight matrix in a quantized form: its shape, the bits it stores, its
+// reconstruction (row-major rows * cols floats) and products with it
+// (y = Wq x; batched: `batch` vectors at once).
+template <class M>
+concept QuantizedMatrix = requires(const M& m, std::span<float> out, std::span<const float> x, std::span<float> y,
+                                   std::size_t batch) {
+    { m.rows() } -> std::convertible_to<std::size_t>;
+    { m.cols() } -> std::convertible_to<std::size_t>;
+    { m.stored_bits() } -> std::convertible_to<std::size_t>;
+    { m.bits_per_weight() } -> std::convertible_to<double>;
+    { m.dequantize() } -> std::same_as<std::vector<float>>;
+    m.dequantize(out);
+    m.gemv(x, y);
+    m.gemv_batch(x, y, batch);
+};
+
+struct matrix_config;
+
+// How a matrix codec chooses its stored rows: encode(format, w, config)
+// returns the payload words of w (rows x cols of the format's layout,
+// row-major, finite) written through the format's row writer, searched in
+// the basis config names (rotated or not) with its search options. Plain MSE
+// (mse_search, matrix/quantized_matrix.hpp) and Hessian-weighted
+// (hessian_search, hessian/gptq.hpp) searches satisfy it.
+template <class S, class Format>
+concept MatrixSearch = requires(const S& s, const Format& format, std::span<const float> w,
+                                const matrix_config& config) {
+    { s.encode(format, w, config) } -> std::same_as<std::vector<std::uint64_t>>;
 };
 
 // Vector codec: encode(x) -> code_type, decode(code, out).

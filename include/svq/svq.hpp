@@ -24,6 +24,7 @@
 
 #include <svq/format/layout.hpp>
 #include <svq/format/split_index.hpp>
+#include <svq/format/row_format.hpp>
 
 #include <svq/hessian/calibration.hpp>
 #include <svq/hessian/gptq.hpp>
@@ -34,5 +35,6 @@
 #include <svq/matrix/metrics.hpp>
 #include <svq/matrix/quantized_matrix.hpp>
 #include <svq/matrix/rtn.hpp>
+#include <svq/quantize.hpp>
 #include <svq/kernels/gemv.hpp>
 #include <svq/model/model.hpp>

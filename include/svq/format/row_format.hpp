@@ -19,6 +19,7 @@
 #pragma once
 
 #include <svq/core/bitstream.hpp>
+#include <svq/concepts.hpp>
 #include <svq/core/half.hpp>
 #include <svq/error.hpp>
 #include <svq/format/layout.hpp>
@@ -39,6 +40,8 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace svq {
@@ -138,35 +141,69 @@ inline std::string limbs_hex(const std::uint64_t* w, std::size_t n) {
     return s;
 }
 
+// A shape code's scratch for unranking many groups (unrank_batch), where it has one.
+struct no_workspace {};
+template <class S>
+struct workspace_of {
+    using type = no_workspace;
+};
+template <class S>
+    requires requires { typename S::unrank_workspace; }
+struct workspace_of<S> {
+    using type = typename S::unrank_workspace;
+};
+
 }  // namespace detail
 
-// The writer and the reader of the rows of one matrix: its layout, the
-// split-order indices of the full and the tail group (format/split_index.hpp),
-// the gain quantizers and the row scale codec (reference scale `ref`).
-// Non-virtual; built once per matrix (the index tables cost milliseconds).
-class row_format {
+// The gain quantizers of format version 3: for a group of `dim` weights in
+// a row of `cols`, the quantizer optimal for the normalised gain of a
+// Gaussian row (detail::matrix_gain_quantizer).
+struct beta_gain_quantizers {
+    scalar_quantizer make(std::size_t dim, std::size_t cols, unsigned bits) const {
+        return detail::matrix_gain_quantizer(dim, cols, bits);
+    }
+};
+
+// The writer and the reader of the rows of one matrix: its layout, the shape
+// code of the full and the tail group (the split-order index of
+// format/split_index.hpp by default), the gain quantizers and the row scale
+// codec (reference scale `ref`). Non-virtual; built once per matrix (the index
+// tables cost milliseconds). Format version 3 is basic_row_format<> (row_format);
+// other shape codes or gain quantizers give other formats of the same layout.
+template <ShapeCode Shape = pvq_split_index, GainQuantizers Gains = beta_gain_quantizers>
+class basic_row_format {
 public:
+    using shape_code = Shape;
+    using gains_type = Gains;
+    using gain_quantizer_type = std::decay_t<decltype(std::declval<const Gains&>().make(1, 1, 1))>;
+
+    // The shape code's scratch for unranking many groups, where it has one.
+    using workspace = typename detail::workspace_of<Shape>::type;
+
     // Scratch of the reader, reused across rows.
     struct buffers {
         std::vector<std::uint64_t> index;  // the full groups' indices, full_index().limbs() words each
         std::array<std::uint64_t, detail::max_split_limbs> tail_index{};
         std::vector<std::uint32_t> codes;  // one per group
-        pvq_split_index::unrank_workspace ws;
+        workspace ws;
     };
 
     // Throws svq::invalid_argument for a reference scale that is not finite
     // and >= 0 and svq::overflow_error when the index of (N, K) needs more
     // than 1024 bits.
-    row_format(const matrix_layout& l, float reference_scale)
+    basic_row_format(const matrix_layout& l, float reference_scale, const Gains& gains = {})
         : l_(l),
           scales_{l.row_scale_bits, reference_scale},
+          gains_(gains),
           full_(l.group_dim, l.pulses),
-          gain_(detail::matrix_gain_quantizer(l.group_dim, l.cols, l.gain_bits)) {
+          gain_(gains.make(l.group_dim, l.cols, l.gain_bits)),
+          levels_(levels_of(gain_)) {
         if (!std::isfinite(reference_scale) || reference_scale < 0.0f)
             throw invalid_argument(fmt::format("row_format: reference scale {} is not finite and >= 0", reference_scale));
         if (l.tail_dim != 0) {
             tail_.emplace(l.tail_dim, l.tail_pulses);
-            tail_gain_.emplace(detail::matrix_gain_quantizer(l.tail_dim, l.cols, l.gain_bits));
+            tail_gain_.emplace(gains.make(l.tail_dim, l.cols, l.gain_bits));
+            tail_levels_ = levels_of(*tail_gain_);
         }
     }
 
@@ -176,10 +213,23 @@ public:
     bool is_full(std::size_t j) const noexcept { return j < l_.full_groups; }
     std::size_t group_dim(std::size_t j) const noexcept { return is_full(j) ? l_.group_dim : l_.tail_dim; }
     std::size_t group_pulses(std::size_t j) const noexcept { return is_full(j) ? l_.pulses : l_.tail_pulses; }
-    const pvq_split_index& index_of(std::size_t j) const noexcept { return is_full(j) ? full_ : *tail_; }
-    const pvq_split_index& full_index() const noexcept { return full_; }
+    const Shape& index_of(std::size_t j) const noexcept { return is_full(j) ? full_ : *tail_; }
+    const Shape& full_index() const noexcept { return full_; }
+    const Gains& gains() const noexcept { return gains_; }
     // Gain quantizer of group j (gains normalised by the decoded row scale).
-    const scalar_quantizer& gain_quantizer(std::size_t j) const noexcept { return is_full(j) ? gain_ : *tail_gain_; }
+    const gain_quantizer_type& gain_quantizer(std::size_t j) const noexcept {
+        return is_full(j) ? gain_ : *tail_gain_;
+    }
+    // Its code of a normalised gain, and the level of a code (< 2^gain_bits,
+    // as every decoder multiplies by it: the quantizer's decode, tabulated).
+    std::uint32_t gain_code(std::size_t j, double normalised_gain) const {
+        return gain_quantizer(j).encode(normalised_gain);
+    }
+    double gain_level(std::size_t j, std::uint32_t code) const noexcept {
+        return (is_full(j) ? levels_ : tail_levels_)[code];
+    }
+    // Every level of group j's quantizer, by code (2^gain_bits values).
+    std::span<const double> gain_levels(std::size_t j) const noexcept { return is_full(j) ? levels_ : tail_levels_; }
 
     buffers make_buffers() const {
         buffers b;
@@ -196,8 +246,7 @@ public:
         out.write(scale_code, l_.row_scale_bits);
         std::array<std::uint64_t, detail::max_split_limbs> index{};
         for (std::size_t j = 0; j < groups(); ++j) {
-            const pvq_split_index& ix = index_of(j);
-            ix.rank(y + j * l_.group_dim, index.data());
+            index_of(j).rank(y + j * l_.group_dim, index.data());
             out.write_limbs(index.data(), is_full(j) ? l_.index_bits : l_.tail_index_bits);
             out.write(codes[j], l_.gain_bits);
         }
@@ -223,9 +272,9 @@ public:
         const double s = scales_.decode(static_cast<std::uint32_t>(in.read(offset, l_.row_scale_bits)));
         offset += l_.row_scale_bits;
         const std::size_t ib = l_.index_bits, gb = l_.gain_bits, full = l_.full_groups;
-        if (full_.limbs() == 1 && ib + gb <= 64) {
+        if (full_.limbs() == 1 && ib + gb <= 64 && size_in_one_word()) {
             // Index and code of a full group in one field of <= 64 bits.
-            const std::uint64_t size = full_.size_limbs()[0];
+            const std::uint64_t size = one_word_size();
             bool bad;
             if ((offset + full * (ib + gb)) / 64 + 1 < words.size()) {
                 bad = read_word_fields(words.data(), offset, full, ib, gb, size, index, codes);
@@ -258,12 +307,14 @@ public:
     }
 
     // The points of the fields read_fields gave: y: cols ints (group j's at j * group_dim).
-    void unrank_points(const buffers& b_in, int* y, pvq_split_index::unrank_workspace& ws) const {
-        unrank_points(b_in.index.data(), b_in.tail_index.data(), y, ws);
-    }
-    void unrank_points(const std::uint64_t* index, const std::uint64_t* tail_index, int* y,
-                       pvq_split_index::unrank_workspace& ws) const {
-        full_.unrank_batch(index, l_.full_groups, y, ws);
+    // (The split-order index unranks a row's groups together: unrank_batch.)
+    void unrank_points(const std::uint64_t* index, const std::uint64_t* tail_index, int* y, workspace& ws) const {
+        if constexpr (requires { full_.unrank_batch(index, l_.full_groups, y, ws); }) {
+            full_.unrank_batch(index, l_.full_groups, y, ws);
+        } else {
+            const std::size_t w = full_.limbs();
+            for (std::size_t j = 0; j < l_.full_groups; ++j) full_.unrank(index + j * w, y + j * l_.group_dim);
+        }
         if (l_.tail_dim != 0) unrank_tail(tail_index, y + l_.full_groups * l_.group_dim);
     }
     // The tail group's point alone (y: tail_dim ints); the layout has a tail group.
@@ -273,7 +324,7 @@ public:
     double read_points(std::span<const std::uint64_t> words, std::size_t r, int* y, double* levels, buffers& b) const {
         const double s = read_fields(words, r, b);
         unrank_points(b.index.data(), b.tail_index.data(), y, b.ws);
-        for (std::size_t j = 0; j < groups(); ++j) levels[j] = gain_quantizer(j).levels()[b.codes[j]];
+        for (std::size_t j = 0; j < groups(); ++j) levels[j] = gain_level(j, b.codes[j]);
         return s;
     }
 
@@ -291,7 +342,7 @@ public:
         unrank_points(b.index.data(), b.tail_index.data(), y, b.ws);
         for (std::size_t j = 0; j < groups(); ++j) {
             const std::size_t first = j * l_.group_dim;
-            const float f = factor(s, j, gain_quantizer(j).levels()[b.codes[j]], y + first);
+            const float f = factor(s, j, gain_level(j, b.codes[j]), y + first);
             detail::scale_pulses(y + first, f, out + first, group_dim(j));
         }
     }
@@ -331,18 +382,40 @@ private:
     }
 
     corrupt_data bad_index(std::size_t r, std::size_t j, const std::uint64_t* index) const {
-        const pvq_split_index& ix = index_of(j);
-        return corrupt_data(fmt::format("row {} group {}: index {} is not below V(N={}, K={}) = {}", r, j,
-                                        detail::limbs_hex(index, ix.limbs()), ix.dim(), ix.pulses(),
-                                        detail::limbs_hex(ix.size_limbs(), ix.limbs())));
+        const Shape& ix = index_of(j);
+        return corrupt_data(fmt::format("row {} group {}: index {} is not below V(N={}, K={})", r, j,
+                                        detail::limbs_hex(index, ix.limbs()), ix.dim(), ix.pulses()));
+    }
+
+    // Where the full group's V(N, K) is one known word, the one-word field reader checks against it.
+    bool size_in_one_word() const noexcept {
+        if constexpr (requires { full_.size_limbs(); }) return true;
+        return false;
+    }
+    std::uint64_t one_word_size() const noexcept {
+        if constexpr (requires { full_.size_limbs(); })
+            return full_.size_limbs()[0];
+        else
+            return 0;
+    }
+
+    static std::vector<double> levels_of(const gain_quantizer_type& q) {
+        std::vector<double> levels(std::size_t{1} << q.bits());
+        for (std::size_t c = 0; c < levels.size(); ++c) levels[c] = q.decode(static_cast<std::uint32_t>(c));
+        return levels;
     }
 
     matrix_layout l_{};
     detail::row_scale_codec scales_{};
-    pvq_split_index full_;
-    std::optional<pvq_split_index> tail_;
-    scalar_quantizer gain_;
-    std::optional<scalar_quantizer> tail_gain_;
+    Gains gains_;
+    Shape full_;
+    std::optional<Shape> tail_;
+    gain_quantizer_type gain_;
+    std::optional<gain_quantizer_type> tail_gain_;
+    std::vector<double> levels_, tail_levels_;
 };
+
+// Format version 3.
+using row_format = basic_row_format<>;
 
 }  // namespace svq

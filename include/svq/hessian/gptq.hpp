@@ -83,14 +83,17 @@ struct gptq_options {
     // The Hessian choose_config also tries the candidates with the rotation
     // switched the other way from auto_config_options::rotate (one more factor of H).
     bool try_both_rotations = true;
-    // Test hook: called after each block with (first column, end column, the
-    // working matrix: rows x cols row-major doubles in the basis quantization
-    // runs in, columns < end quantized, the rest updated by the feedback).
-    // Setting it runs on one thread.
-    std::function<void(std::size_t, std::size_t, std::span<const double>)> on_block;
 };
 
 namespace detail {
+
+// Tests' view of the blocked search: on_block is called after each block with
+// (first column, end column, the working matrix: rows x cols row-major doubles
+// in the basis quantization runs in, columns < end quantized, the rest updated
+// by the feedback). Setting it runs on one thread.
+struct gptq_hooks {
+    std::function<void(std::size_t, std::size_t, std::span<const double>)> on_block;
+};
 
 // True when h (dim x dim) is exactly c I for some c.
 inline bool is_scaled_identity(std::span<const double> h, std::size_t dim) noexcept {
@@ -265,8 +268,9 @@ inline working_metric make_working_metric(std::span<const double> h, std::size_t
 // computed once, and vH = (xH - eH) / s follows from it.
 // wf: the rotated rows (rows x cols), hw: H in that basis (row-major cols x cols);
 // scale_codes, points and codes are updated in place.
-inline void refine_groups(const std::vector<float>& wf, std::size_t rows, std::size_t cols, const row_major_matrix& hw,
-                          const matrix_layout& layout, const row_format& format, const search_options& search,
+template <class Format>
+void refine_groups(const std::vector<float>& wf, std::size_t rows, std::size_t cols, const row_major_matrix& hw,
+                          const matrix_layout& layout, const Format& format, const search_options& search,
                           const row_scale_codec& scales, std::vector<std::uint32_t>& scale_codes,
                           std::vector<int>& points, std::vector<std::uint32_t>& codes, int passes,
                           std::size_t block_columns, unsigned threads) {
@@ -306,7 +310,7 @@ inline void refine_groups(const std::vector<float>& wf, std::size_t rows, std::s
         std::vector<double> v(layout.group_dim);
         // The decoder's values of group j of row r (exactly what decode_row computes).
         const auto decode_group = [&](const int* y, std::size_t j, std::uint32_t code, double s) {
-            const float factor = format.factor(s, j, format.gain_quantizer(j).levels()[code], y);
+            const float factor = format.factor(s, j, format.gain_level(j, code), y);
             for (std::size_t k = 0; k < info[j].dim; ++k) v[k] = static_cast<double>(static_cast<float>(y[k]) * factor);
         };
         row_major_matrix x(nr, c_count), e(nr, c_count);
@@ -374,7 +378,6 @@ inline void refine_groups(const std::vector<float>& wf, std::size_t rows, std::s
                 bool changed_block = false;
                 for (std::size_t j = g0; j < g1; ++j) {
                     const group_metric& g = info[j];
-                    const scalar_quantizer& q = format.gain_quantizer(j);
                     const auto f = static_cast<Eigen::Index>(g.first), d = static_cast<Eigen::Index>(g.dim);
                     bool changed = false;
                     for (std::size_t r = r0; r < r1; ++r) {
@@ -410,7 +413,7 @@ inline void refine_groups(const std::vector<float>& wf, std::size_t rows, std::s
                             for (Eigen::Index k = 0; k < d; ++k) tm += static_cast<double>(t[static_cast<std::size_t>(k)]) * mu(k);
                             const double uu = uvec.dot(mu);
                             const double gain = uu > 0.0 ? std::max(0.0, tm / uu) : 0.0;
-                            const std::uint32_t code = q.encode(gain / s);
+                            const std::uint32_t code = format.gain_code(j, gain / s);
                             decode_group(yc, j, code, s);
                             en.resize(d);
                             for (Eigen::Index k = 0; k < d; ++k) en(k) = x(i, f + k) - v[static_cast<std::size_t>(k)];
@@ -453,15 +456,17 @@ inline void refine_groups(const std::vector<float>& wf, std::size_t rows, std::s
     parallel_slices(rows, threads, run_rows);
 }
 
-// The blocked search on rows already rotated: wf rows x cols floats, u the
-// factor for that basis. Returns the packed payload words.
-inline std::vector<std::uint64_t> gptq_encode(const std::vector<float>& wf, std::size_t rows, std::size_t cols,
-                                              const Eigen::MatrixXd& u, const row_major_matrix& hw,
-                                              const matrix_config& config, float ref, const gptq_options& options) {
-    const matrix_layout layout = make_layout(rows, cols, config);
-    const row_format format(layout, ref);
+// The blocked search on rows already rotated: wf rows x cols floats (the
+// format's layout), u the factor and hw the Hessian for that basis. Returns
+// the packed payload words, written through the format's row writer.
+template <class Format>
+std::vector<std::uint64_t> gptq_encode(const std::vector<float>& wf, const Eigen::MatrixXd& u,
+                                       const row_major_matrix& hw, const Format& format, const search_options& search,
+                                       const gptq_options& options, const gptq_hooks& hooks = {}) {
+    const matrix_layout& layout = format.layout();
+    const std::size_t rows = layout.rows, cols = layout.cols;
     const row_scale_codec& scales = format.scales();
-    const mse_row_encoder encoder(format, config.search);
+    const mse_row_encoder<Format> encoder(format, search);
     const auto r_count = static_cast<Eigen::Index>(rows), c_count = static_cast<Eigen::Index>(cols);
     row_major_matrix work =
         Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(wf.data(), r_count,
@@ -480,7 +485,7 @@ inline std::vector<std::uint64_t> gptq_encode(const std::vector<float>& wf, std:
     std::vector<std::uint32_t> scale_codes(rows), codes(rows * groups);
     std::vector<int> points(rows * cols);
     std::vector<double> row_loss(rows);
-    const unsigned threads = options.on_block ? 1u : options.threads;
+    const unsigned threads = hooks.on_block ? 1u : options.threads;
     double scale_factor = 1.0;
     const row_major_matrix original = options.row_scale_factors.size() > 1 ? work : row_major_matrix();
 
@@ -510,21 +515,20 @@ inline std::vector<std::uint64_t> gptq_encode(const std::vector<float>& wf, std:
             for (std::size_t j = g0; j < g1; ++j) {
                 const detail::gptq_group& g = group_info[j];
                 const auto f = static_cast<Eigen::Index>(g.first), d = static_cast<Eigen::Index>(g.dim);
-                const scalar_quantizer& q = format.gain_quantizer(j);
                 xg = rows_view.middleCols(f, d);
                 ug.resize(nr, d);
                 for (std::size_t r = r0; r < r1; ++r) {
                     const auto i = static_cast<Eigen::Index>(r - r0);
                     for (Eigen::Index k = 0; k < d; ++k) x[static_cast<std::size_t>(k)] = static_cast<float>(xg(i, k));
                     int* y = points.data() + r * cols + g.first;
-                    detail::pvq_search_dispatch(x.data(), g.weights.data(), g.dim, g.pulses, y, config.search,
+                    detail::pvq_search_dispatch(x.data(), g.weights.data(), g.dim, g.pulses, y, search,
                                                 scratch.data());
                     if (!g.diagonal && options.full_metric_search) {
                         // Two starts, the diagonal-metric point and the plain (Euclidean) one,
                         // each refined under the full metric; the better one is kept.
                         const double first = detail::refine_full_metric(x.data(), g.m, y, g.dim, mx, my);
                         other.resize(g.dim);
-                        detail::pvq_search_dispatch(x.data(), nullptr, g.dim, g.pulses, other.data(), config.search,
+                        detail::pvq_search_dispatch(x.data(), nullptr, g.dim, g.pulses, other.data(), search,
                                                     scratch.data());
                         if (detail::refine_full_metric(x.data(), g.m, other.data(), g.dim, mx, my) > first)
                             std::copy(other.begin(), other.end(), y);
@@ -556,10 +560,10 @@ inline std::vector<std::uint64_t> gptq_encode(const std::vector<float>& wf, std:
                         gain = bb > 0.0 ? std::max(0.0, a.row(i).dot(b.row(i)) / bb) : 0.0;
                     }
                     const double s = stored[r - r0];
-                    const std::uint32_t code = s > 0.0 ? q.encode(gain / s) : 0;
+                    const std::uint32_t code = s > 0.0 ? format.gain_code(j, gain / s) : 0;
                     codes[r * groups + j] = code;
                     // Exactly what decode_row computes.
-                    const float factor = format.factor(s, j, q.levels()[code], y);
+                    const float factor = format.factor(s, j, format.gain_level(j, code), y);
                     for (Eigen::Index k = 0; k < d; ++k) {
                         const double value = static_cast<double>(static_cast<float>(y[k]) * factor);
                         e(i, k) = xg(i, k) - value;
@@ -578,7 +582,7 @@ inline std::vector<std::uint64_t> gptq_encode(const std::vector<float>& wf, std:
             if (tail > 0)
                 rows_view.rightCols(tail).noalias() -=
                     err * u.block(static_cast<Eigen::Index>(b0), static_cast<Eigen::Index>(b1), bw, tail);
-            if (options.on_block) options.on_block(b0, b1, std::span<const double>(work.data(), rows * cols));
+            if (hooks.on_block) hooks.on_block(b0, b1, std::span<const double>(work.data(), rows * cols));
         }
     };
     // Each row scale factor is a complete pass; every row keeps the pass with its smallest
@@ -610,7 +614,7 @@ inline std::vector<std::uint64_t> gptq_encode(const std::vector<float>& wf, std:
     points = std::move(best_points);
     // With H = c I the loss is the plain squared error and the codes are the plain encoder's.
     if (!is_scaled_identity(std::span<const double>(hw.data(), cols * cols), cols))
-        refine_groups(wf, rows, cols, hw, layout, format, config.search, scales, scale_codes, points, codes,
+        refine_groups(wf, rows, cols, hw, layout, format, search, scales, scale_codes, points, codes,
                       options.refine_passes, options.block_columns, threads);
 
     bit_writer out;
@@ -621,25 +625,56 @@ inline std::vector<std::uint64_t> gptq_encode(const std::vector<float>& wf, std:
 
 }  // namespace detail
 
-// Quantizes w (rows x cols, row-major) to minimise the proxy loss
-// tr(dW H dW^T); h: cols x cols row-major, symmetric positive definite (damp
-// it first: hessian_accumulator::damped_hessian or damp_hessian). Same packed
-// output as quantize(w, rows, cols, config). Throws svq::invalid_argument for
-// a bad matrix or configuration (as the plain quantize), a Hessian of the wrong
+// The Hessian-weighted search (MatrixSearch, concepts.hpp): the blocked
+// GPTQ-style search above minimising the proxy loss tr(dW H dW^T), for
+// quantize_with. h: cols x cols row-major, symmetric positive definite (damp
+// it first: hessian_accumulator::damped_hessian or damp_hessian); it must
+// outlive the search. Throws svq::invalid_argument for a Hessian of the wrong
 // size, with a non-finite entry, or not positive definite.
+struct hessian_search {
+    std::span<const double> h;
+    gptq_options options{};
+
+    template <class Format>
+    std::vector<std::uint64_t> encode(const Format& format, std::span<const float> w, const matrix_config& config) const {
+        return encode(format, w, config, detail::gptq_hooks{});
+    }
+    template <class Format>
+    std::vector<std::uint64_t> encode(const Format& format, std::span<const float> w, const matrix_config& config,
+                                      const detail::gptq_hooks& hooks) const {
+        const std::size_t rows = format.layout().rows, cols = format.layout().cols;
+        detail::check_hessian_shape(h, cols, "quantize (Hessian)");
+        std::optional<hadamard_rotation> rotation;
+        if (config.rotate) rotation.emplace(cols, config.seed);
+        std::vector<float> wf(w.begin(), w.end());
+        if (rotation) rotation->forward_rows(wf, rows);
+        const detail::working_metric m = detail::make_working_metric(h, cols, rotation, "quantize (Hessian)");
+        return detail::gptq_encode(wf, m.u, m.h, format, config.search, options, hooks);
+    }
+};
+
+namespace detail {
+// hessian_search with the tests' hooks.
+struct hooked_hessian_search {
+    hessian_search search;
+    gptq_hooks hooks;
+    template <class Format>
+    std::vector<std::uint64_t> encode(const Format& format, std::span<const float> w, const matrix_config& config) const {
+        return search.encode(format, w, config, hooks);
+    }
+};
+}  // namespace detail
+
+// quantize_with's Hessian search in format version 3: w (rows x cols,
+// row-major) quantized to minimise tr(dW H dW^T). Throws svq::invalid_argument
+// for a bad matrix or configuration (as the plain quantize) or a bad Hessian
+// (as hessian_search).
 inline quantized_matrix quantize(std::span<const float> w, std::size_t rows, std::size_t cols,
                                  std::span<const double> h, const matrix_config& config,
                                  const gptq_options& options = {}) {
     detail::check_matrix(w, rows, cols, "quantize (Hessian)");
     detail::check_hessian_shape(h, cols, "quantize (Hessian)");
-    (void)make_layout(rows, cols, config);  // configuration errors before the O(cols^3) factor
-    const float ref = detail::reference_scale(w, rows, cols);
-    std::optional<hadamard_rotation> rotation;
-    if (config.rotate) rotation.emplace(cols, config.seed);
-    std::vector<float> wf(w.begin(), w.end());
-    if (rotation) rotation->forward_rows(wf, rows);
-    const detail::working_metric m = detail::make_working_metric(h, cols, rotation, "quantize (Hessian)");
-    return quantized_matrix(rows, cols, config, ref, detail::gptq_encode(wf, rows, cols, m.u, m.h, config, ref, options));
+    return quantize_with(w, rows, cols, config, hessian_search{h, options});
 }
 
 // The candidate configuration (candidate_configs: the largest K for each N,
@@ -681,7 +716,6 @@ inline config_candidate choose_config(std::span<const float> w, std::size_t rows
         candidates.insert(candidates.end(), more.begin(), more.end());
     }
     gptq_options sample_options = options;
-    sample_options.on_block = nullptr;
     sample_options.refine_passes = 0;  // ranks the candidates; the refinement lowers them alike
     // Within one (N, row scale bits) series (gain bits ascending) the scan stops two steps past the best.
     struct series {
@@ -702,8 +736,9 @@ inline config_candidate choose_config(std::span<const float> w, std::size_t rows
             it = seen.insert(seen.end(), series{c.config.group_dim, c.config.row_scale_bits, c.config.rotate});
         if (it->past_best >= 2) continue;
         const basis& b = c.config.rotate == bases.front().rotate ? bases.front() : bases.back();
-        const quantized_matrix q(sample, cols, c.config, ref,
-                                 detail::gptq_encode(b.rows, sample, cols, b.m.u, b.m.h, c.config, ref, sample_options));
+        auto format = std::make_shared<const row_format>(make_layout(sample, cols, c.config), ref);
+        const quantized_matrix q(format, c.config,
+                                 detail::gptq_encode(b.rows, b.m.u, b.m.h, *format, c.config.search, sample_options));
         const double loss = proxy_loss(x, q.dequantize(), sample, cols, h);
         c.predicted_sqnr_db = std::numeric_limits<double>::quiet_NaN();  // not measured here
         if (loss < it->best) {
@@ -733,9 +768,20 @@ inline quantized_matrix quantize(std::span<const float> w, std::size_t rows, std
 // column by column with the same error feedback. Each group's scale comes from
 // its current values (after the feedback so far) when its first column is reached.
 // Throws svq::invalid_argument for a bad shape, weight, configuration or Hessian.
+namespace detail {
 inline rtn_matrix gptq_rtn_quantize(std::span<const float> w, std::size_t rows, std::size_t cols,
-                                         std::span<const double> h, const rtn_config& config,
-                                         const gptq_options& options = {}) {
+                                    std::span<const double> h, const rtn_config& config, const gptq_options& options,
+                                    const gptq_hooks& hooks);
+}  // namespace detail
+inline rtn_matrix gptq_rtn_quantize(std::span<const float> w, std::size_t rows, std::size_t cols,
+                                    std::span<const double> h, const rtn_config& config,
+                                    const gptq_options& options = {}) {
+    return detail::gptq_rtn_quantize(w, rows, cols, h, config, options, {});
+}
+
+inline rtn_matrix detail::gptq_rtn_quantize(std::span<const float> w, std::size_t rows, std::size_t cols,
+                                            std::span<const double> h, const rtn_config& config,
+                                            const gptq_options& options, const gptq_hooks& hooks) {
     detail::check_rtn_config(config);
     detail::check_matrix(w, rows, cols, "gptq_rtn_quantize");
     detail::check_hessian_shape(h, cols, "gptq_rtn_quantize");
@@ -750,7 +796,7 @@ inline rtn_matrix gptq_rtn_quantize(std::span<const float> w, std::size_t rows, 
         Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(w.data(), r_count,
                                                                                                c_count)
             .cast<double>();
-    const unsigned threads = options.on_block ? 1u : options.threads;
+    const unsigned threads = hooks.on_block ? 1u : options.threads;
 
     const auto run_rows = [&](std::size_t r0, std::size_t r1) {
         if (r1 <= r0) return;
@@ -789,7 +835,7 @@ inline rtn_matrix gptq_rtn_quantize(std::span<const float> w, std::size_t rows, 
             if (tail > 0)
                 rows_view.rightCols(tail).noalias() -=
                     err * u.block(static_cast<Eigen::Index>(b0), static_cast<Eigen::Index>(b1), bw, tail);
-            if (options.on_block) options.on_block(b0, b1, std::span<const double>(work.data(), rows * cols));
+            if (hooks.on_block) hooks.on_block(b0, b1, std::span<const double>(work.data(), rows * cols));
         }
     };
     detail::parallel_slices(rows, threads, run_rows);

@@ -492,13 +492,7 @@ public:
     // Y = Wq X for `batch` vectors: x: batch * cols floats (vector c at c * cols),
     // y: batch * rows floats (vector c at c * rows). Each group is decoded once.
     void gemv_batch(std::span<const float> x, std::span<float> y, std::size_t batch, unsigned threads = 1) const {
-        if (batch == 0) throw invalid_argument("matrix_decoder::gemv_batch: batch must be >= 1");
-        if (x.size() != batch * cols())
-            throw invalid_argument(fmt::format("matrix_decoder::gemv: x has {} entries, need {} ({} x {} columns)",
-                                               x.size(), batch * cols(), batch, cols()));
-        if (y.size() != batch * rows())
-            throw invalid_argument(fmt::format("matrix_decoder::gemv: y has {} entries, need {} ({} x {} rows)",
-                                               y.size(), batch * rows(), batch, rows()));
+        detail::check_gemv_shapes(x.size(), y.size(), batch, rows(), cols(), "matrix_decoder::gemv");
         detail::aligned_floats xr(x.begin(), x.end());
         if (rotation_) {
             std::vector<float> scratch(rotation_->scratch_size());
@@ -528,7 +522,7 @@ public:
 
 private:
     std::vector<double> levels_of(std::size_t group) const {
-        const std::span<const double> levels = f_->gain_quantizer(group).levels();
+        const std::span<const double> levels = f_->gain_levels(group);
         return {levels.begin(), levels.end()};
     }
 

@@ -18,7 +18,10 @@
 #pragma once
 
 #include <svq/core/bitstream.hpp>
+#include <svq/core/checks.hpp>
+#include <svq/concepts.hpp>
 #include <svq/core/half.hpp>
+#include <svq/core/parallel.hpp>
 #include <svq/core/wide_uint.hpp>
 #include <svq/error.hpp>
 #include <svq/format/layout.hpp>
@@ -34,10 +37,12 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <optional>
 #include <span>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -45,12 +50,13 @@ namespace svq {
 
 namespace detail {
 
-// quantize's encoder of one row (steps 1-4 of the file comment) over the
-// row format: the plain (MSE) search of every group, the row scale and the
-// gain codes, written through row_format::write_row.
+// quantize's encoder of one row (steps 1-4 of the file comment) over a row
+// format: the plain (MSE) search of every group, the row scale and the gain
+// codes, written through the format's write_row.
+template <class Format>
 class mse_row_encoder {
 public:
-    mse_row_encoder(const row_format& format, const search_options& search) : f_(format), search_(search) {}
+    mse_row_encoder(const Format& format, const search_options& search) : f_(format), search_(search) {}
 
     // x: cols floats, already rotated, finite. Appends the row to out.
     void encode_row(const float* x, bit_writer& out) const {
@@ -58,6 +64,33 @@ public:
         std::vector<std::uint32_t> codes(f_.groups());
         const std::uint32_t scale_code = plan_row(x, y.data(), codes.data());
         f_.write_row(scale_code, y.data(), codes.data(), out);
+    }
+
+    // Points y (cols ints) and gain codes (groups()) of x; returns the row scale code.
+    std::uint32_t plan_row(const float* x, int* y, std::uint32_t* codes) const {
+        const std::size_t groups = f_.groups();
+        std::vector<double> gains(groups);
+        search_row(x, y, gains.data());
+        double energy = 0.0;
+        for (std::size_t j = 0; j < groups; ++j) energy += gains[j] * gains[j];
+        double s = std::sqrt(energy / static_cast<double>(f_.layout().cols));
+        if (s > 0.0) {
+            for (int pass = 0; pass < 3; ++pass) {
+                double gl = 0.0, ll = 0.0;
+                for (std::size_t j = 0; j < groups; ++j) {
+                    codes[j] = f_.gain_code(j, gains[j] / s);
+                    const double level = f_.gain_level(j, codes[j]);
+                    gl += gains[j] * level;
+                    ll += level * level;
+                }
+                if (!(gl > 0.0)) break;
+                s = gl / ll;
+            }
+        }
+        const std::uint32_t scale_code = f_.scales().encode(s);
+        const double stored = f_.scales().decode(scale_code);
+        for (std::size_t j = 0; j < groups; ++j) codes[j] = stored > 0.0 ? f_.gain_code(j, gains[j] / stored) : 0;
+        return scale_code;
     }
 
     // The row scale code encode_row would store for x.
@@ -77,7 +110,7 @@ public:
         search_row(x, y.data(), gains.data());
         const double stored = f_.scales().decode(scale_code);
         for (std::size_t j = 0; j < gains.size(); ++j)
-            codes[j] = stored > 0.0 ? f_.gain_quantizer(j).encode(gains[j] / stored) : 0;
+            codes[j] = stored > 0.0 ? f_.gain_code(j, gains[j] / stored) : 0;
         f_.write_row(scale_code, y.data(), codes.data(), out);
     }
 
@@ -94,36 +127,7 @@ public:
     }
 
 private:
-    // Points y (cols ints) and gain codes (groups()) of x; returns the row scale code.
-    std::uint32_t plan_row(const float* x, int* y, std::uint32_t* codes) const {
-        const std::size_t groups = f_.groups();
-        std::vector<double> gains(groups);
-        search_row(x, y, gains.data());
-        double energy = 0.0;
-        for (std::size_t j = 0; j < groups; ++j) energy += gains[j] * gains[j];
-        double s = std::sqrt(energy / static_cast<double>(f_.layout().cols));
-        if (s > 0.0) {
-            for (int pass = 0; pass < 3; ++pass) {
-                double gl = 0.0, ll = 0.0;
-                for (std::size_t j = 0; j < groups; ++j) {
-                    const scalar_quantizer& q = f_.gain_quantizer(j);
-                    codes[j] = q.encode(gains[j] / s);
-                    const double level = q.levels()[codes[j]];
-                    gl += gains[j] * level;
-                    ll += level * level;
-                }
-                if (!(gl > 0.0)) break;
-                s = gl / ll;
-            }
-        }
-        const std::uint32_t scale_code = f_.scales().encode(s);
-        const double stored = f_.scales().decode(scale_code);
-        for (std::size_t j = 0; j < groups; ++j)
-            codes[j] = stored > 0.0 ? f_.gain_quantizer(j).encode(gains[j] / stored) : 0;
-        return scale_code;
-    }
-
-    const row_format& f_;
+    const Format& f_;
     search_options search_;
 };
 
@@ -154,18 +158,23 @@ inline float reference_scale(std::span<const float> w, std::size_t rows, std::si
 }  // namespace detail
 
 // The packed matrix: one bitstream of rows (format/row_format.hpp), the
-// reference scale and the rotation seed.
-class quantized_matrix {
+// reference scale and the rotation seed. Format: the row format (its shape
+// code and gain quantizers); quantized_matrix is format version 3.
+template <class Format = row_format>
+class basic_quantized_matrix {
 public:
-    quantized_matrix() = default;
+    using format_type = Format;
+    using gains_type = typename Format::gains_type;
+
+    basic_quantized_matrix() = default;
 
     // Rebuilds a matrix from its stored parts (what a file reader has).
     // Throws svq::invalid_argument for a bad configuration and svq::corrupt_data
     // when words has the wrong length or the reference scale is not finite and
     // >= 0; a bad index or scale code inside a row throws svq::corrupt_data when
     // that row is decoded.
-    quantized_matrix(std::size_t rows, std::size_t cols, const matrix_config& config, float reference_scale,
-                     std::vector<std::uint64_t> words)
+    basic_quantized_matrix(std::size_t rows, std::size_t cols, const matrix_config& config, float reference_scale,
+                           std::vector<std::uint64_t> words, const gains_type& gains = {})
         : config_(config), words_(std::move(words)) {
         const matrix_layout layout = make_layout(rows, cols, config);
         if (words_.size() != layout.payload_words())
@@ -173,8 +182,17 @@ public:
                                            cols, to_string(config), layout.payload_words(), words_.size()));
         if (!std::isfinite(reference_scale) || reference_scale < 0.0f)
             throw corrupt_data(fmt::format("reference scale {} is not finite and >= 0", reference_scale));
-        format_ = std::make_shared<const row_format>(layout, reference_scale);
+        format_ = std::make_shared<const Format>(layout, reference_scale, gains);
         if (config_.rotate) rotation_ = std::make_shared<const hadamard_rotation>(cols, config_.seed);
+    }
+    // The same from a format already built (an encoder's).
+    basic_quantized_matrix(std::shared_ptr<const Format> format, const matrix_config& config,
+                           std::vector<std::uint64_t> words)
+        : config_(config), words_(std::move(words)), format_(std::move(format)) {
+        if (words_.size() != layout().payload_words())
+            throw corrupt_data(fmt::format("quantized matrix {} x {} ({}) needs {} words of payload, got {}", rows(),
+                                           cols(), to_string(config), layout().payload_words(), words_.size()));
+        if (config_.rotate) rotation_ = std::make_shared<const hadamard_rotation>(cols(), config_.seed);
     }
 
     std::size_t rows() const noexcept { return format_ ? layout().rows : 0; }
@@ -186,7 +204,7 @@ public:
     }
     // The writer and reader of the rows (shared by copies of the matrix; a
     // default-constructed matrix has none: rows() == 0).
-    const row_format& format() const noexcept { return *format_; }
+    const Format& format() const noexcept { return *format_; }
     // The Hadamard rotation of a rotated matrix, else null.
     const hadamard_rotation* rotation() const noexcept { return rotation_.get(); }
     float reference_scale() const noexcept { return format_ ? format_->scales().ref : 0.0f; }
@@ -223,9 +241,49 @@ public:
         return out;
     }
 
+    // y = Wq x (x: cols floats, y: rows floats) without forming Wq: x is
+    // rotated forward once and each row is sum_j factor_j <y_j, (R x)_j> over
+    // its integer points (double sums). The reference product; matrix_decoder
+    // (kernels/gemv.hpp) is the fast one for format version 3.
+    void gemv(std::span<const float> x, std::span<float> y, unsigned threads = 1) const {
+        gemv_batch(x, y, 1, threads);
+    }
+    // Y = Wq X for `batch` vectors: x: batch * cols (vector c at c * cols),
+    // y: batch * rows (vector c at c * rows). Each row is decoded once.
+    void gemv_batch(std::span<const float> x, std::span<float> y, std::size_t batch, unsigned threads = 1) const {
+        detail::check_gemv_shapes(x.size(), y.size(), batch, rows(), cols(), "quantized_matrix::gemv");
+        std::vector<float> xr(x.begin(), x.end());
+        if (rotation_) {
+            std::vector<float> scratch(rotation_->scratch_size());
+            for (std::size_t c = 0; c < batch; ++c) rotation_->forward(std::span<float>(xr.data() + c * cols(), cols()), scratch);
+        }
+        const matrix_layout& l = layout();
+        detail::parallel_slices(rows(), threads, [&](std::size_t first, std::size_t end) {
+            typename Format::buffers b = format_->make_buffers();
+            std::vector<int> points(cols());
+            std::vector<double> acc(batch);
+            for (std::size_t r = first; r < end; ++r) {
+                const double s = format_->read_fields(words_, r, b);
+                format_->unrank_points(b.index.data(), b.tail_index.data(), points.data(), b.ws);
+                std::fill(acc.begin(), acc.end(), 0.0);
+                for (std::size_t j = 0; j < format_->groups(); ++j) {
+                    const int* p = points.data() + j * l.group_dim;
+                    const double f = format_->factor(s, j, format_->gain_level(j, b.codes[j]), p);
+                    for (std::size_t c = 0; c < batch; ++c) {
+                        const float* xc = xr.data() + c * cols() + j * l.group_dim;
+                        double dot = 0.0;
+                        for (std::size_t i = 0; i < format_->group_dim(j); ++i) dot += p[i] * static_cast<double>(xc[i]);
+                        acc[c] += f * dot;
+                    }
+                }
+                for (std::size_t c = 0; c < batch; ++c) y[c * rows() + r] = static_cast<float>(acc[c]);
+            }
+        });
+    }
+
 private:
     struct row_buffers {
-        row_format::buffers fields;
+        typename Format::buffers fields;
         std::vector<float> scratch;  // the rotation's
         std::vector<int> y;          // the row's points
         std::vector<double> levels;  // integer-stage rotation: gain levels and factors
@@ -258,8 +316,50 @@ private:
 
     matrix_config config_{};
     std::vector<std::uint64_t> words_;
-    std::shared_ptr<const row_format> format_;
+    std::shared_ptr<const Format> format_;
     std::shared_ptr<const hadamard_rotation> rotation_;
+};
+
+// Format version 3: the matrix quantize returns and every decoder reads.
+using quantized_matrix = basic_quantized_matrix<row_format>;
+
+// The plain search (MatrixSearch, concepts.hpp): every row independently,
+// each group's point by the MSE search (pvq/search.hpp, config.search), the
+// row scale and gain codes as in the file comment. Rows are split over `threads` (0: all
+// cores; the result does not depend on it); progress(rows done, rows), when
+// set, is called after each block of rows on the calling thread.
+struct mse_search {
+    unsigned threads = 1;
+    std::function<void(std::size_t, std::size_t)> progress;
+
+    template <class Format>
+    std::vector<std::uint64_t> encode(const Format& format, std::span<const float> w, const matrix_config& config) const {
+        const matrix_layout& l = format.layout();
+        const detail::mse_row_encoder<Format> encoder(format, config.search);
+        std::optional<hadamard_rotation> rotation;
+        if (config.rotate) rotation.emplace(l.cols, config.seed);
+        const std::size_t rows = l.rows, cols = l.cols, groups = l.groups_per_row();
+        const unsigned t = threads == 0 ? std::max(1u, std::thread::hardware_concurrency()) : threads;
+        const std::size_t block = t == 1 ? 1 : 64 * std::size_t{t};  // rows planned in parallel, then written in order
+        std::vector<int> points(block * cols);
+        std::vector<std::uint32_t> codes(block * groups), scale_codes(block);
+        bit_writer out;
+        for (std::size_t r0 = 0; r0 < rows; r0 += block) {
+            const std::size_t n = std::min(block, rows - r0);
+            detail::parallel_slices(n, t, [&](std::size_t first, std::size_t end) {
+                std::vector<float> row(cols), scratch(rotation ? rotation->scratch_size() : 0);
+                for (std::size_t i = first; i < end; ++i) {
+                    std::copy_n(w.data() + (r0 + i) * cols, cols, row.data());
+                    if (rotation) rotation->forward(row, scratch);
+                    scale_codes[i] = encoder.plan_row(row.data(), points.data() + i * cols, codes.data() + i * groups);
+                }
+            });
+            for (std::size_t i = 0; i < n; ++i)
+                format.write_row(scale_codes[i], points.data() + i * cols, codes.data() + i * groups, out);
+            if (progress) progress(r0 + n, rows);
+        }
+        return std::move(out).take();
+    }
 };
 
 namespace detail {
@@ -283,20 +383,30 @@ std::vector<std::uint64_t> encode_rows(std::span<const float> w, std::size_t row
 
 }  // namespace detail
 
-// Quantizes a row-major rows x cols matrix with an explicit configuration.
+// The matrix codec: w (row-major rows x cols) quantized with an explicit
+// configuration in the row format Format (its shape code and gain quantizers,
+// `gains`), the rows chosen by `search` (plain MSE: mse_search; Hessian-
+// weighted: hessian_search, hessian/gptq.hpp; or any MatrixSearch).
 // Throws svq::invalid_argument for an empty or ragged shape, a non-finite
 // weight (naming its row, column and value) or a bad configuration, and
 // svq::overflow_error when the index of (N, K) needs more than 1024 bits.
+template <class Format = row_format, class Search = mse_search>
+    requires MatrixSearch<Search, Format>
+basic_quantized_matrix<Format> quantize_with(std::span<const float> w, std::size_t rows, std::size_t cols,
+                                             const matrix_config& config, const Search& search = {},
+                                             const typename Format::gains_type& gains = {}) {
+    detail::check_matrix(w, rows, cols, "quantize");
+    const matrix_layout layout = make_layout(rows, cols, config);
+    const float ref = detail::reference_scale(w, rows, cols);
+    auto format = std::make_shared<const Format>(layout, ref, gains);
+    std::vector<std::uint64_t> words = search.encode(*format, w, config);
+    return basic_quantized_matrix<Format>(std::move(format), config, std::move(words));
+}
+
+// quantize_with's plain search in format version 3.
 inline quantized_matrix quantize(std::span<const float> w, std::size_t rows, std::size_t cols,
                                  const matrix_config& config) {
-    detail::check_matrix(w, rows, cols, "quantize");
-    const float ref = detail::reference_scale(w, rows, cols);
-    const row_format format(make_layout(rows, cols, config), ref);
-    const detail::mse_row_encoder encoder(format, config.search);
-    return quantized_matrix(rows, cols, config, ref,
-                            detail::encode_rows(w, rows, cols, config, [&](std::size_t, const float* row, bit_writer& out) {
-                                encoder.encode_row(row, out);
-                            }));
+    return quantize_with(w, rows, cols, config, mse_search{});
 }
 
 inline std::vector<float> dequantize(const quantized_matrix& q) { return q.dequantize(); }
@@ -308,14 +418,15 @@ inline std::vector<float> dequantize(const quantized_matrix& q) { return q.dequa
 // row scale). For quantization-aware fine-tuning, which keeps latent weights
 // and encodes them again at every step, and for re-encoding an edited matrix.
 // Throws svq::invalid_argument for a shape other than like's or a non-finite weight.
-inline quantized_matrix requantize(const quantized_matrix& like, std::span<const float> w) {
+template <class Format>
+basic_quantized_matrix<Format> requantize(const basic_quantized_matrix<Format>& like, std::span<const float> w) {
     detail::check_matrix(w, like.rows(), like.cols(), "requantize");
-    const detail::mse_row_encoder encoder(like.format(), like.config().search);
-    return quantized_matrix(
+    const detail::mse_row_encoder<Format> encoder(like.format(), like.config().search);
+    return basic_quantized_matrix<Format>(
         like.rows(), like.cols(), like.config(), like.reference_scale(),
         detail::encode_rows(w, like.rows(), like.cols(), like.config(), [&](std::size_t r, const float* row, bit_writer& out) {
             encoder.encode_row_with_scale(row, like.format().read_scale_code(like.words(), r), out);
-        }));
+        }), like.format().gains());
 }
 
 }  // namespace svq

@@ -5,7 +5,9 @@
 // bpw = b + 16 / G (plus the shorter tail group's scale).
 #pragma once
 
+#include <svq/core/checks.hpp>
 #include <svq/core/half.hpp>
+#include <svq/core/parallel.hpp>
 #include <svq/error.hpp>
 
 #include <fmt/format.h>
@@ -81,14 +83,45 @@ public:
     std::span<const std::int8_t> codes() const noexcept { return codes_; }
     std::span<const std::uint16_t> scales() const noexcept { return scales_; }
 
-    std::vector<float> dequantize() const {
-        std::vector<float> out(rows_ * cols_);
+    // All rows, row-major (rows * cols floats): code * scale of its group.
+    void dequantize(std::span<float> out) const {
+        if (out.size() != rows_ * cols_)
+            throw invalid_argument(
+                fmt::format("rtn_matrix::dequantize: output has {} entries, the matrix {} x {}", out.size(), rows_, cols_));
         for (std::size_t r = 0; r < rows_; ++r)
             for (std::size_t c = 0; c < cols_; ++c) {
                 const float d = half_to_float(scales_[r * groups_per_row() + c / config_.group]);
                 out[r * cols_ + c] = static_cast<float>(codes_[r * cols_ + c]) * d;
             }
+    }
+    std::vector<float> dequantize() const {
+        std::vector<float> out(rows_ * cols_);
+        dequantize(out);
         return out;
+    }
+
+    // y = Wq x (x: cols floats, y: rows floats): per group, scale * sum of
+    // code * x in double. Batched: x: batch * cols (vector c at c * cols),
+    // y: batch * rows (vector c at c * rows). Rows over `threads` (0: all cores).
+    void gemv(std::span<const float> x, std::span<float> y, unsigned threads = 1) const {
+        gemv_batch(x, y, 1, threads);
+    }
+    void gemv_batch(std::span<const float> x, std::span<float> y, std::size_t batch, unsigned threads = 1) const {
+        detail::check_gemv_shapes(x.size(), y.size(), batch, rows_, cols_, "rtn_matrix::gemv");
+        detail::parallel_slices(rows_, threads, [&](std::size_t first, std::size_t end) {
+            for (std::size_t r = first; r < end; ++r)
+                for (std::size_t b = 0; b < batch; ++b) {
+                    const float* xb = x.data() + b * cols_;
+                    double acc = 0.0;
+                    for (std::size_t g = 0; g < groups_per_row(); ++g) {
+                        const std::size_t c0 = g * config_.group, c1 = std::min(cols_, c0 + config_.group);
+                        double dot = 0.0;
+                        for (std::size_t c = c0; c < c1; ++c) dot += codes_[r * cols_ + c] * static_cast<double>(xb[c]);
+                        acc += static_cast<double>(half_to_float(scales_[r * groups_per_row() + g])) * dot;
+                    }
+                    y[b * rows_ + r] = static_cast<float>(acc);
+                }
+        });
     }
 
 private:

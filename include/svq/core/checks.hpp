@@ -1,0 +1,24 @@
+// Argument checks shared by the quantized matrix types.
+#pragma once
+
+#include <svq/error.hpp>
+
+#include <fmt/format.h>
+
+#include <cstddef>
+
+namespace svq::detail {
+
+// The shapes of a product Y = W X with W rows x cols and `batch` vectors.
+inline void check_gemv_shapes(std::size_t xs, std::size_t ys, std::size_t batch, std::size_t rows, std::size_t cols,
+                              const char* who) {
+    if (batch == 0) throw invalid_argument(fmt::format("{}: batch must be >= 1", who));
+    if (xs != batch * cols)
+        throw invalid_argument(fmt::format("{}: x has {} entries, need {} ({} x {} columns)", who, xs, batch * cols,
+                                           batch, cols));
+    if (ys != batch * rows)
+        throw invalid_argument(
+            fmt::format("{}: y has {} entries, need {} ({} x {} rows)", who, ys, batch * rows, batch, rows));
+}
+
+}  // namespace svq::detail
