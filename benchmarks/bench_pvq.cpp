@@ -1,8 +1,9 @@
-// svq_bench_pvq: throughput of the PVQ lattice pieces, one thread.
+// svq_bench_pvq: throughput of the single-vector PVQ pieces, one thread.
 //
-// For (N, K) in (8,16), (16,27), (32,50), (64,96), (128,187): rank, unrank,
-// search (refined, greedy, and the weighted search with its default sweep) and
-// codec decode (index + gain -> N floats). One item is one weight, so the
+// For (N, K) in (8,16), (16,27), (32,50), (64,96), (128,187): rank and
+// unrank of the split-order lattice (svq::split_lattice, checked, typed
+// index), search (refined, greedy, and the weighted search with its default
+// sweep) and decode of svq::pvq_vector_codec (index + gain -> N floats). One item is one weight, so the
 // items_per_second column reads as weights/s (Mweights/s after "M").
 // Inputs are a fixed-seed pool prepared before timing: iid N(0,1) vectors, their
 // searched points, indices and codes; each iteration takes the next pool entry.
@@ -10,9 +11,9 @@
 //
 //   ./svq_bench_pvq --benchmark_min_time=0.2
 #include <svq/core/wide_uint.hpp>
+#include <svq/format/split_lattice.hpp>
 #include <svq/pvq/codec.hpp>
 #include <svq/pvq/count.hpp>
-#include <svq/pvq/lattice.hpp>
 #include <svq/pvq/search.hpp>
 #include <svq/simd/compat.hpp>
 
@@ -38,11 +39,11 @@ template <class Index>
 struct workload {
     std::size_t dim;
     std::size_t pulses;
-    svq::pvq_codec<Index> codec;
-    std::vector<float> inputs;                                     // pool_size * dim, iid N(0,1)
-    std::vector<float> weights;                                    // pool_size * dim, log-normal (the weighted search)
-    std::vector<int> points;                                       // pool_size * dim, the refined search of each input
-    std::vector<typename svq::pvq_codec<Index>::code_type> codes;  // pool_size
+    svq::pvq_vector_codec<Index> codec;
+    std::vector<float> inputs;                       // pool_size * dim, iid N(0,1)
+    std::vector<float> weights;                      // pool_size * dim, log-normal (the weighted search)
+    std::vector<int> points;                         // pool_size * dim, the refined search of each input
+    std::vector<svq::pvq_code<Index>> codes;         // pool_size
 
     workload(std::size_t n, std::size_t k) : dim(n), pulses(k), codec(n, k) {
         std::mt19937_64 rng(0x9e3779b97f4a7c15ULL ^ (n * 1000 + k));
@@ -71,7 +72,7 @@ void bm_rank(benchmark::State& state, const workload<Index>* w) {
     const auto& lattice = w->codec.lattice();
     std::size_t i = 0;
     for (auto _ : state) {
-        Index index = lattice.rank_unchecked(w->point(i));
+        Index index = lattice.rank(w->point(i));
         benchmark::DoNotOptimize(index);
         i = (i + 1) & (pool_size - 1);
     }
@@ -84,7 +85,7 @@ void bm_unrank(benchmark::State& state, const workload<Index>* w) {
     std::vector<int> y(w->dim);
     std::size_t i = 0;
     for (auto _ : state) {
-        lattice.unrank_unchecked(w->codes[i].index, y);
+        lattice.unrank(w->codes[i].index, y);
         benchmark::DoNotOptimize(y.data());
         benchmark::ClobberMemory();
         i = (i + 1) & (pool_size - 1);
@@ -111,7 +112,7 @@ void bm_search(benchmark::State& state, const workload<Index>* w, svq::search_op
     set_items(state, *w);
 }
 
-// Codec decode: index check, unrank, and g * y / ||y|| into floats.
+// Codec decode: gain and index checks, unrank, and g * y / ||y|| into floats.
 template <class Index>
 void bm_decode(benchmark::State& state, const workload<Index>* w) {
     std::vector<int> y(w->dim);

@@ -1,6 +1,7 @@
 // Round trip of a small matrix through the PVQ shape codec (N = 32, K = 50):
 // every row is cut into groups of 32 weights, each group becomes (index, gain)
-// with a 96-bit index and a float gain, and is decoded back. Prints per-row
+// with a 96-bit split-order index (svq::pvq_vector_codec) and a float gain,
+// and is decoded back. Prints per-row
 // SQNR and relative error, the index bits, and the totals. Runs on a
 // fixed-seed Gaussian matrix and, when SVQ_DATA_DIR/stories260K.bin exists,
 // on a few rows of a real trained weight matrix.
@@ -8,6 +9,7 @@
 //   ./build/examples/pvq_roundtrip
 #include <svq/core/wide_uint.hpp>
 #include <svq/error.hpp>
+#include <svq/format/split_lattice.hpp>
 #include <svq/pvq/codec.hpp>
 #include <svq/simd/compat.hpp>
 
@@ -28,7 +30,7 @@ namespace {
 
 constexpr std::size_t group_dim = 32;
 constexpr std::size_t group_pulses = 50;
-using codec_type = svq::pvq_codec<svq::wide_uint<128>>;  // V(32, 50) needs 96 bits
+using codec_type = svq::pvq_vector_codec<svq::wide_uint<128>>;  // V(32, 50) needs 96 bits
 
 struct totals {
     double signal = 0.0;
@@ -51,8 +53,8 @@ totals round_trip(const codec_type& codec, std::string_view name, std::span<cons
     std::vector<float> decoded(cols);
     for (std::size_t r = 0; r < rows; ++r) {
         const auto row = w.subspan(r * cols, cols);
-        codec.encode_many(row, codes);
-        codec.decode_many(codes, decoded);
+        svq::encode_many(codec, row, codes);
+        svq::decode_many(codec, codes, decoded);
         double signal = 0.0, error = 0.0;
         for (std::size_t c = 0; c < cols; ++c) {
             const double d = static_cast<double>(row[c]) - decoded[c];

@@ -1,6 +1,8 @@
-// The concepts svq's pieces compose through. Each is built from small
-// detail:: requirements and checked by static_assert tests, including types
-// that must not satisfy it (tests/test_concepts.cpp).
+// The concepts svq's pieces compose through, built from small detail::
+// requirements. They constrain the templates that compose them: pvq_codec
+// (pvq/codec.hpp) takes any Lattice and ShapeQuantizer, encode_many and
+// decode_many take any Codec. tests/test_concepts.cpp checks types that
+// satisfy them and types that must not.
 #pragma once
 
 #include <svq/pvq/count.hpp>  // IndexType
@@ -19,13 +21,18 @@ concept HasDim = requires(const T& t) {
     { t.dim() } -> std::convertible_to<std::size_t>;
 };
 template <class T>
+concept HasPulses = requires(const T& t) {
+    { t.pulses() } -> std::convertible_to<std::size_t>;
+};
+template <class T>
 concept HasIndexType = requires { typename T::index_type; } && IndexType<typename T::index_type>;
 }  // namespace detail
 
-// A finite point set with a bijective index: dim(), size() (the point count),
-// rank(point) -> index and unrank(index, point).
+// The pyramid P(N, K) (dim() = N, pulses() = K) with a bijective index:
+// size() (the point count V(N, K)), index_bits(), rank(point) -> index and
+// unrank(index, point).
 template <class L>
-concept Lattice = detail::HasDim<L> && detail::HasIndexType<L> &&
+concept Lattice = detail::HasDim<L> && detail::HasPulses<L> && detail::HasIndexType<L> &&
                   requires(const L& l, std::span<const int> point, std::span<int> out,
                            const typename L::index_type& index) {
                       { l.size() } -> std::convertible_to<typename L::index_type>;
@@ -34,12 +41,13 @@ concept Lattice = detail::HasDim<L> && detail::HasIndexType<L> &&
                       l.unrank(index, out);
                   };
 
-// Maps a real vector to a point of its lattice: quantize(x, point).
+// Maps a real vector of dim() entries to a point of P(dim(), pulses()):
+// quantize(x, point).
 template <class Q>
-concept ShapeQuantizer = detail::HasDim<Q> && requires(const Q& q, std::span<const float> x, std::span<int> point) {
-    { q.pulses() } -> std::convertible_to<std::size_t>;
-    q.quantize(x, point);
-};
+concept ShapeQuantizer = detail::HasDim<Q> && detail::HasPulses<Q> &&
+                         requires(const Q& q, std::span<const float> x, std::span<int> point) {
+                             q.quantize(x, point);
+                         };
 
 // A quantizer of one non-negative real (a gain or a scale) on 2^bits levels.
 template <class S>

@@ -13,7 +13,6 @@
 #include <svq/pvq/codec.hpp>
 #include <svq/pvq/pulses.hpp>
 #include <svq/pvq/count.hpp>
-#include <svq/pvq/lattice.hpp>
 #include <svq/pvq/search.hpp>
 #include <svq/pvq/shape_quantizer.hpp>
 
@@ -25,6 +24,7 @@
 #include <svq/format/layout.hpp>
 #include <svq/format/split_index.hpp>
 #include <svq/format/row_format.hpp>
+#include <svq/format/split_lattice.hpp>
 
 #include <svq/hessian/calibration.hpp>
 #include <svq/hessian/gptq.hpp>

@@ -41,7 +41,7 @@ class pvq_split_lattice {
 public:
     using index_type = Index;
 
-    // dim >= 1, pulses >= 1; throws like pvq_lattice (svq::overflow_error when
+    // dim >= 1, pulses >= 1; throws like pvq_coordinate_lattice (svq::overflow_error when
     // V(N, K) does not fit Index).
     pvq_split_lattice(std::size_t dim, std::size_t pulses)
         : table_(checked(dim, pulses)), quad_(dim >= svq::detail::quad_dim && svq::detail::quad_nodes(pulses)) {}

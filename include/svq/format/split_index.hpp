@@ -25,8 +25,8 @@
 // V(4, .), against three searches and three divisions for 8|8 then 4|4.
 //
 // Either way it is a bijection onto [0, V(N, K)), so a group costs the
-// same ceil(log2 V(N, K)) bits as the coordinate-by-coordinate order of
-// pvq/lattice.hpp; only the order differs. Its use: unranking touches the
+// same ceil(log2 V(N, K)) bits as the coordinate-by-coordinate order
+// (docs/pvq.md); only the order differs. Its use: unranking touches the
 // wide integer only at the top of the tree (a 384-bit index is split into two
 // ~190-bit halves, those into ~95-bit quarters, ...), everything below 64 bits
 // is machine arithmetic, and the two halves decode independently.

@@ -1,16 +1,20 @@
-// Enumeration of the pyramid P(N, K): a bijection between its points and the
-// integers [0, V(N, K)), in O(N + K) index-type additions per vector.
+// The coordinate order of the PVQ index written plainly: a bijection between
+// the points of the pyramid P(N, K) and the integers [0, V(N, K)), in O(N + K)
+// index-type additions per vector. The tests' oracle of the point set (its
+// brute-force checks in tests/test_pvq_lattice.cpp) and the example of a
+// user-defined Lattice plugged into svq::pvq_codec; not part of the library,
+// whose index is the split order (format/split_lattice.hpp).
 //
-// Order (docs/pvq.md, "Index"): coordinates are read first to last. With n
-// dimensions and k pulses left, the points whose current coordinate is 0 come
-// first (V(n-1, k) of them), then for j = 1, 2, ..., k the points with
-// coordinate +j (V(n-1, k-j) of them) followed by those with -j. So
+// Order (docs/pvq.md, "The coordinate order"): coordinates are read first to
+// last. With n dimensions and k pulses left, the points whose current
+// coordinate is 0 come first (V(n-1, k) of them), then for j = 1, 2, ..., k
+// the points with coordinate +j (V(n-1, k-j) of them) followed by those with
+// -j. So
 //
 //   offset(0) = 0,  offset(+j) = V(n-1, k) + 2 sum_{t=1}^{j-1} V(n-1, k-t),
 //   offset(-j) = offset(+j) + V(n-1, k-j),
 //
-// and rank(y) is the sum of the offsets along y. Search (vector -> point) is
-// separate: svq/pvq/search.hpp.
+// and rank(y) is the sum of the offsets along y.
 #pragma once
 
 #include <svq/core/wide_uint.hpp>
@@ -23,17 +27,22 @@
 #include <cstdlib>
 #include <span>
 
-namespace svq {
+namespace svq::oracle {
+
+using svq::corrupt_data;
+using svq::IndexType;
+using svq::invalid_argument;
+using svq::pvq_count_table;
 
 template <IndexType Index>
-class pvq_lattice {
+class pvq_coordinate_lattice {
 public:
     using index_type = Index;
 
     // dim >= 1, pulses >= 1. Throws svq::invalid_argument for zero sizes and
     // svq::overflow_error (naming N, K and the bits required) when the index
     // does not fit in Index.
-    pvq_lattice(std::size_t dim, std::size_t pulses) : table_(checked(dim, pulses)) {}
+    pvq_coordinate_lattice(std::size_t dim, std::size_t pulses) : table_(checked(dim, pulses)) {}
 
     std::size_t dim() const noexcept { return table_.dim(); }
     std::size_t pulses() const noexcept { return table_.pulses(); }
@@ -53,9 +62,9 @@ public:
     // index outside the range, svq::invalid_argument for a wrong span size.
     void unrank(const Index& index, std::span<int> y) const {
         if (y.size() != dim())
-            throw invalid_argument(fmt::format("pvq_lattice::unrank: output has {} entries, N = {}", y.size(), dim()));
+            throw invalid_argument(fmt::format("pvq_coordinate_lattice::unrank: output has {} entries, N = {}", y.size(), dim()));
         if (!(index < size()))
-            throw corrupt_data(fmt::format("pvq_lattice::unrank: index {} is not below V(N={}, K={}) = {}",
+            throw corrupt_data(fmt::format("pvq_coordinate_lattice::unrank: index {} is not below V(N={}, K={}) = {}",
                                            to_decimal(index), dim(), pulses(), to_decimal(size())));
         unrank_unchecked(index, y);
     }
@@ -130,22 +139,22 @@ public:
 
 private:
     static pvq_count_table<Index> checked(std::size_t dim, std::size_t pulses) {
-        if (dim == 0) throw invalid_argument("pvq_lattice: dimension N must be >= 1, got 0");
-        if (pulses == 0) throw invalid_argument(fmt::format("pvq_lattice: pulses K must be >= 1, got 0 (N = {})", dim));
+        if (dim == 0) throw invalid_argument("pvq_coordinate_lattice: dimension N must be >= 1, got 0");
+        if (pulses == 0) throw invalid_argument(fmt::format("pvq_coordinate_lattice: pulses K must be >= 1, got 0 (N = {})", dim));
         return pvq_count_table<Index>(dim, pulses);
     }
 
     void validate_point(std::span<const int> y) const {
         if (y.size() != dim())
-            throw invalid_argument(fmt::format("pvq_lattice::rank: point has {} entries, N = {}", y.size(), dim()));
+            throw invalid_argument(fmt::format("pvq_coordinate_lattice::rank: point has {} entries, N = {}", y.size(), dim()));
         long long total = 0;
         for (int v : y) total += std::llabs(v);
         if (total != static_cast<long long>(pulses()))
-            throw invalid_argument(fmt::format("pvq_lattice::rank: sum |y_i| = {}, expected K = {}", total, pulses()));
+            throw invalid_argument(fmt::format("pvq_coordinate_lattice::rank: sum |y_i| = {}, expected K = {}", total, pulses()));
     }
 
     pvq_count_table<Index> table_;
     std::size_t index_bits_ = pvq_index_bits(table_.dim(), table_.pulses());
 };
 
-}  // namespace svq
+}  // namespace svq::oracle
