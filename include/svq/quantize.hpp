@@ -27,13 +27,13 @@ namespace svq {
 
 struct quantize_options {
     // An explicit configuration, or (exactly one of the two)
-    std::optional<matrix_config> config;
+    std::optional<matrix_config> config{};
     // the configuration choose_config picks at <= this many bits per weight
     // (with a Hessian: the one whose Hessian search has the least proxy loss on sample rows).
     double target_bpw = 0.0;
     // cols x cols row-major, symmetric positive definite: the Hessian-weighted
     // search minimising tr(dW H dW^T) (hessian_search); empty: the plain MSE search.
-    std::span<const double> hessian;
+    std::span<const double> hessian{};
     // What choose_config tries (target_bpw only).
     auto_config_options choice{};
     // The Hessian search's options (its thread count is `threads` below).
@@ -41,7 +41,7 @@ struct quantize_options {
     // Rows are split over this many threads (0: all cores); the result does not depend on it.
     unsigned threads = 1;
     // Called with (rows done, rows) as the plain search goes (on the calling thread).
-    std::function<void(std::size_t, std::size_t)> progress;
+    std::function<void(std::size_t, std::size_t)> progress{};
 };
 
 // Throws svq::invalid_argument for an empty or ragged shape, a non-finite

@@ -330,7 +330,7 @@ using quantized_matrix = basic_quantized_matrix<row_format>;
 // set, is called after each block of rows on the calling thread.
 struct mse_search {
     unsigned threads = 1;
-    std::function<void(std::size_t, std::size_t)> progress;
+    std::function<void(std::size_t, std::size_t)> progress{};
 
     template <class Format>
     std::vector<std::uint64_t> encode(const Format& format, std::span<const float> w, const matrix_config& config) const {
