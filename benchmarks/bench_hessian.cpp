@@ -10,6 +10,7 @@
 #include <svq/hessian/gptq.hpp>
 #include <svq/matrix/auto_config.hpp>
 #include <svq/matrix/quantized_matrix.hpp>
+#include <svq/quantize.hpp>
 
 #include "bench_layer.hpp"
 #include "bench_main.hpp"
@@ -55,7 +56,7 @@ void BM_quantize_hessian(benchmark::State& state) {
     opt.refine_passes = static_cast<int>(state.range(1));
     double bpw = 0;
     for (auto _ : state) {
-        const svq::quantized_matrix q = svq::quantize(weights(), side, side, hessian(), c, opt);
+        const svq::quantized_matrix q = svq::quantize(weights(), side, side, {.config = c, .hessian = hessian(), .gptq = opt});
         bpw = q.bits_per_weight();
         benchmark::DoNotOptimize(q.words().data());
     }

@@ -242,7 +242,7 @@ int main(int argc, char** argv) try {
             std::size_t bits = 0;
             for (const layer_data& d : s.layers) {
                 const svq::quantized_matrix q =
-                    svq::quantize(d.w, d.rows, d.cols, d.hq, target, base.pvq_search, base.gptq);
+                    svq::quantize(d.w, d.rows, d.cols, {.target_bpw = target, .hessian = d.hq, .choice = base.pvq_search, .gptq = base.gptq});
                 bits += q.stored_bits();
                 wq.push_back(q.dequantize());
             }

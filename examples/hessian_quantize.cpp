@@ -22,6 +22,7 @@
 #include <svq/matrix/metrics.hpp>
 #include <svq/matrix/quantized_matrix.hpp>
 #include <svq/matrix/rtn.hpp>
+#include <svq/quantize.hpp>
 
 #include <fmt/format.h>
 
@@ -185,10 +186,10 @@ int main(int argc, char** argv) try {
             auto t0 = clock_type::now();
             const auto seconds = [&] { return std::chrono::duration<double>(clock_type::now() - t0).count(); };
             try {
-                const svq::quantized_matrix plain = svq::quantize(d.w, d.rows, d.cols, target);
+                const svq::quantized_matrix plain = svq::quantize(d.w, d.rows, d.cols, {.target_bpw = target});
                 add("pvq", svq::to_string(plain.config()), plain.bits_per_weight(), plain.dequantize(), seconds());
                 t0 = clock_type::now();
-                const svq::quantized_matrix hess = svq::quantize(d.w, d.rows, d.cols, hq, target, {}, gopt);
+                const svq::quantized_matrix hess = svq::quantize(d.w, d.rows, d.cols, {.target_bpw = target, .hessian = hq, .gptq = gopt});
                 add("pvq-hessian", svq::to_string(hess.config()), hess.bits_per_weight(), hess.dequantize(), seconds());
             } catch (const svq::invalid_argument& e) {
                 fmt::print("{:<24} pvq: {}\n", d.name, e.what());

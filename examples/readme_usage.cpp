@@ -12,9 +12,16 @@ int main() {
     for (float& v : w) v = normal(rng);
 
     // The best PVQ configuration at <= 3.25 bits per weight, every stored bit counted.
-    const svq::quantized_matrix q = svq::quantize(w, rows, cols, 3.25);
+    // (Options: .config for an explicit one, .hessian for the Hessian-weighted search, .threads.)
+    const svq::quantized_matrix q = svq::quantize(w, rows, cols, {.target_bpw = 3.25});
     const std::vector<float> back = q.dequantize();
     std::printf("%s: %.4f bpw, SQNR %.2f dB\n", svq::to_string(q.config()).c_str(), q.bits_per_weight(),
                 svq::sqnr_db(w, back));
+
+    // y = Wq x straight from the packed words: the fused decode + GEMV (batched: gemv_batch).
+    const svq::matrix_decoder decoder(q);
+    std::vector<float> x(cols, 1.0f), y(rows);
+    decoder.gemv(x, y);
+    std::printf("y[0] = %.5f\n", y[0]);
     return 0;
 }

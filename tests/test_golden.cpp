@@ -90,11 +90,11 @@ std::vector<golden_case> golden_cases() {
         {"N128_K60_g4_s16_norot", plain(gauss, cols, explicit_config(128, 60, 4, 16, false))},
         {"N128_K184_g6_s16_rot", plain(gauss, cols, explicit_config(128, 184, 6, 16, true))},
         {"N32_K50_tail_norot", plain(tail, 200, explicit_config(32, 50, 5, 16, false))},
-        {"auto_3.25", [] { return digest_of(svq::quantize(heavy, rows, cols, 3.25)); }},
-        {"auto_speed_3", [] { return digest_of(svq::quantize(gauss, rows, cols, 3.0, svq::speed_config_options())); }},
+        {"auto_3.25", [] { return digest_of(svq::quantize(heavy, rows, cols, {.target_bpw = 3.25})); }},
+        {"auto_speed_3", [] { return digest_of(svq::quantize(gauss, rows, cols, {.target_bpw = 3.0, .choice = svq::speed_config_options()})); }},
         {"hessian_N16_K22_rot",
-         [] { return digest_of(svq::quantize(gauss, rows, cols, h, explicit_config(16, 22, 4, 8, true))); }},
-        {"hessian_auto_2", [] { return digest_of(svq::quantize(heavy, rows, cols, h, 2.0)); }},
+         [] { return digest_of(svq::quantize(gauss, rows, cols, {.config = explicit_config(16, 22, 4, 8, true), .hessian = h})); }},
+        {"hessian_auto_2", [] { return digest_of(svq::quantize(heavy, rows, cols, {.target_bpw = 2.0, .hessian = h})); }},
         {"requantize_N16",
          [] {
              const svq::quantized_matrix q = svq::quantize(gauss, rows, cols, explicit_config(16, 22, 4, 8, true));

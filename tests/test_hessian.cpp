@@ -12,6 +12,7 @@
 #include <svq/matrix/auto_config.hpp>
 #include <svq/matrix/quantized_matrix.hpp>
 #include <svq/matrix/rtn.hpp>
+#include <svq/quantize.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -170,14 +171,14 @@ TEST_CASE("quantize with H = c I gives the plain codes", "[hessian]") {
         svq::gptq_options opt;
         opt.threads = s.threads;
         opt.block_columns = 32;
-        const svq::quantized_matrix hq = svq::quantize(w, s.rows, s.cols, identity(s.cols, s.c), s.config, opt);
+        const svq::quantized_matrix hq = svq::quantize(w, s.rows, s.cols, {.config = s.config, .hessian = identity(s.cols, s.c), .gptq = opt});
         REQUIRE(hq.words().size() == plain.words().size());
         CHECK(std::equal(hq.words().begin(), hq.words().end(), plain.words().begin()));
         CHECK(hq.reference_scale() == plain.reference_scale());
     }
     // Target-bpw overload: the configuration it picks, at <= 3 bpw, and the plain codes for it.
     const std::vector<float> w = svq::examples::gaussian_matrix(8, 128, 3);
-    const svq::quantized_matrix hq = svq::quantize(w, 8, 128, identity(128), 3.0);
+    const svq::quantized_matrix hq = svq::quantize(w, 8, 128, {.target_bpw = 3.0, .hessian = identity(128)});
     const svq::quantized_matrix plain = svq::quantize(w, 8, 128, hq.config());
     CHECK(hq.bits_per_weight() <= 3.0);
     CHECK(std::equal(hq.words().begin(), hq.words().end(), plain.words().begin(), plain.words().end()));
@@ -229,7 +230,7 @@ TEST_CASE("coordinate-descent refinement never raises the proxy loss of a row", 
             opt.block_columns = 32;
             opt.refine_passes = passes;
             opt.threads = passes == 3 ? 2 : 1;
-            decoded.push_back(svq::quantize(w, rows, cols, h, config, opt).dequantize());
+            decoded.push_back(svq::quantize(w, rows, cols, {.config = config, .hessian = h, .gptq = opt}).dequantize());
         }
         for (std::size_t r = 0; r < rows; ++r) {
             const std::span<const float> wr(w.data() + r * cols, cols);
@@ -282,18 +283,18 @@ TEST_CASE("Hessian PVQ at 3 bpw: proxy loss >= 30% below plain PVQ on correlated
 #endif
     const std::vector<float> w = svq::examples::student_t_matrix(rows, cols, 4, 31);
     const std::vector<double> h = calibrated_hessian(tokens, cols, 32);
-    const svq::quantized_matrix plain = svq::quantize(w, rows, cols, 3.0);
+    const svq::quantized_matrix plain = svq::quantize(w, rows, cols, {.target_bpw = 3.0});
     svq::gptq_options opt;
     opt.threads = 2;
     const svq::matrix_config config = svq::choose_config(w, rows, cols, h, 3.0, {}, opt).config;
-    const svq::quantized_matrix hq = svq::quantize(w, rows, cols, h, config, opt);
+    const svq::quantized_matrix hq = svq::quantize(w, rows, cols, {.config = config, .hessian = h, .gptq = opt});
     REQUIRE(hq.bits_per_weight() <= 3.0);
     REQUIRE(plain.bits_per_weight() <= 3.0);
     const double plain_loss = svq::proxy_loss(w, plain.dequantize(), rows, cols, h);
     const double hessian_loss = svq::proxy_loss(w, hq.dequantize(), rows, cols, h);
     // Hessian PVQ with the plain quantizer's configuration (the feedback alone).
     const double same_config_loss =
-        svq::proxy_loss(w, svq::quantize(w, rows, cols, h, plain.config()).dequantize(), rows, cols, h);
+        svq::proxy_loss(w, svq::quantize(w, rows, cols, {.config = plain.config(), .hessian = h}).dequantize(), rows, cols, h);
     const double rtn2_loss =
         svq::proxy_loss(w, svq::gptq_rtn_quantize(w, rows, cols, h, {2, 32}).dequantize(), rows, cols, h);
     const double rtn3_loss =
@@ -307,24 +308,24 @@ TEST_CASE("Hessian PVQ at 3 bpw: proxy loss >= 30% below plain PVQ on correlated
     CHECK(hessian_loss < rtn3_loss);  // GPTQ-RTN int3: 3.5 bpw
 #endif
     // Thread count does not change the codes.
-    const svq::quantized_matrix one = svq::quantize(w, rows, cols, h, config);
+    const svq::quantized_matrix one = svq::quantize(w, rows, cols, {.config = config, .hessian = h});
     CHECK(std::equal(one.words().begin(), one.words().end(), hq.words().begin(), hq.words().end()));
 }
 
 TEST_CASE("Hessian quantize rejects bad Hessians", "[hessian]") {
     const std::vector<float> w = svq::examples::gaussian_matrix(4, 32, 1);
     const svq::matrix_config c = explicit_config(8, 10, 4, 16, false);
-    CHECK_THROWS_WITH(svq::quantize(w, 4, 32, identity(31), c), Catch::Contains("961 values"));
+    CHECK_THROWS_WITH(svq::quantize(w, 4, 32, {.config = c, .hessian = identity(31)}), Catch::Contains("961 values"));
     std::vector<double> h = identity(32);
     h[3 * 32 + 5] = std::numeric_limits<double>::infinity();
-    CHECK_THROWS_WITH(svq::quantize(w, 4, 32, h, c), Catch::Contains("H(3, 5) = inf"));
+    CHECK_THROWS_WITH(svq::quantize(w, 4, 32, {.config = c, .hessian = h}), Catch::Contains("H(3, 5) = inf"));
     std::vector<double> singular = identity(32);
     singular[7 * 32 + 7] = 0.0;
-    CHECK_THROWS_WITH(svq::quantize(w, 4, 32, singular, c), Catch::Contains("not positive definite"));
+    CHECK_THROWS_WITH(svq::quantize(w, 4, 32, {.config = c, .hessian = singular}), Catch::Contains("not positive definite"));
     CHECK_THROWS_WITH(svq::gptq_rtn_quantize(w, 4, 32, singular, {3, 32}), Catch::Contains("not positive definite"));
     std::vector<float> nan_w = w;
     nan_w[2 * 32 + 1] = std::numeric_limits<float>::quiet_NaN();
-    CHECK_THROWS_WITH(svq::quantize(nan_w, 4, 32, identity(32), c), Catch::Contains("weight (2, 1) = nan"));
+    CHECK_THROWS_WITH(svq::quantize(nan_w, 4, 32, {.config = c, .hessian = identity(32)}), Catch::Contains("weight (2, 1) = nan"));
 }
 
 TEST_CASE("trying more row scales never raises the proxy loss of any row") {
@@ -347,8 +348,8 @@ TEST_CASE("trying more row scales never raises the proxy loss of any row") {
     svq::gptq_options one, three;
     one.refine_passes = three.refine_passes = 0;  // the blocked search's own choice
     three.row_scale_factors = {1.0, 0.9, 1.1};
-    const std::vector<float> a = svq::quantize(w, rows, cols, h, c, one).dequantize();
-    const std::vector<float> b = svq::quantize(w, rows, cols, h, c, three).dequantize();
+    const std::vector<float> a = svq::quantize(w, rows, cols, {.config = c, .hessian = h, .gptq = one}).dequantize();
+    const std::vector<float> b = svq::quantize(w, rows, cols, {.config = c, .hessian = h, .gptq = three}).dequantize();
     for (std::size_t r = 0; r < rows; ++r) {
         const std::span<const float> wr(w.data() + r * cols, cols);
         const double la = svq::proxy_loss(wr, std::span<const float>(a.data() + r * cols, cols), 1, cols, h);

@@ -9,6 +9,7 @@
 #include <svq/matrix/metrics.hpp>
 #include <svq/matrix/quantized_matrix.hpp>
 #include <svq/matrix/rtn.hpp>
+#include <svq/quantize.hpp>
 
 #include <cmath>
 #include <algorithm>
@@ -69,7 +70,7 @@ TEST_CASE("auto configuration stays at or below the target and reports what it s
             CHECK(c.bits_per_weight <= target);
         }
         if (target == 3.25) {  // quantize(w, target) is quantize with the chosen configuration
-            const svq::quantized_matrix direct = svq::quantize(w, rows, cols, target);
+            const svq::quantized_matrix direct = svq::quantize(w, rows, cols, {.target_bpw = target});
             CHECK(direct.config() == choice.config);
             CHECK(std::equal(direct.words().begin(), direct.words().end(), q.words().begin(), q.words().end()));
         }
@@ -83,7 +84,7 @@ TEST_CASE("fractional targets on a 256 x 4096 Gaussian matrix reach the issue's 
     const std::vector<float> w = svq::examples::gaussian_matrix(rows, cols, 1);
     const std::pair<double, double> targets[] = {{2.0625, 10.1}, {3.0625, 15.6}, {3.4375, 18.1}};
     for (const auto& [target, floor_db] : targets) {
-        const svq::quantized_matrix q = svq::quantize(w, rows, cols, target);
+        const svq::quantized_matrix q = svq::quantize(w, rows, cols, {.target_bpw = target});
         const double sqnr = svq::sqnr_db(w, q.dequantize());
         WARN("Gaussian 256 x 4096 at " << target << " bpw: " << q.bits_per_weight() << " bpw, " << sqnr << " dB ("
                                        << svq::to_string(q.config()) << ")");
@@ -167,7 +168,7 @@ TEST_CASE("bad input gives typed errors that name the value") {
     REQUIRE_THROWS_WITH(svq::quantize(bad, rows, cols, c), Catch::Contains("(1, 5) = nan"));
     bad[1 * cols + 5] = -std::numeric_limits<float>::infinity();
     REQUIRE_THROWS_WITH(svq::quantize(bad, rows, cols, c), Catch::Contains("(1, 5) = -inf"));
-    REQUIRE_THROWS_WITH(svq::quantize(bad, rows, cols, 3.0), Catch::Contains("(1, 5) = -inf"));
+    REQUIRE_THROWS_WITH(svq::quantize(bad, rows, cols, {.target_bpw = 3.0}), Catch::Contains("(1, 5) = -inf"));
 
     REQUIRE_THROWS_WITH(svq::quantize(std::span<const float>(), 0, cols, c), Catch::Contains("0 x 64 is empty"));
     REQUIRE_THROWS_WITH(svq::quantize(std::span<const float>(w.data(), w.size() - 1), rows, cols, c),
@@ -183,10 +184,10 @@ TEST_CASE("bad input gives typed errors that name the value") {
     REQUIRE_THROWS_WITH(svq::quantize(wide, 2, 256, explicit_config(128, 20000, 4, 16, true)),
                         Catch::Contains("N=128, K=20000"));
 
-    REQUIRE_THROWS_AS(svq::quantize(w, rows, cols, 0.1), svq::invalid_argument);
-    REQUIRE_THROWS_WITH(svq::quantize(w, rows, cols, 0.1), Catch::Contains("reaches 0.1 bits per weight"));
-    REQUIRE_THROWS_WITH(svq::quantize(w, rows, cols, std::nan("")), Catch::Contains("nan"));
-    REQUIRE_THROWS_WITH(svq::quantize(w, rows, cols, -2.0), Catch::Contains("-2"));
+    REQUIRE_THROWS_AS(svq::quantize(w, rows, cols, {.target_bpw = 0.1}), svq::invalid_argument);
+    REQUIRE_THROWS_WITH(svq::quantize(w, rows, cols, {.target_bpw = 0.1}), Catch::Contains("reaches 0.1 bits per weight"));
+    REQUIRE_THROWS_WITH(svq::quantize(w, rows, cols, {.target_bpw = std::nan("")}), Catch::Contains("nan"));
+    REQUIRE_THROWS_WITH(svq::quantize(w, rows, cols, {.target_bpw = -2.0}), Catch::Contains("-2"));
 }
 
 TEST_CASE("corrupted packed data is detected") {

@@ -11,6 +11,7 @@
 #include <svq/format/layout.hpp>
 #include <svq/matrix/quantized_matrix.hpp>
 #include <svq/model/model.hpp>
+#include <svq/quantize.hpp>
 
 #include <fmt/format.h>
 
@@ -391,7 +392,7 @@ TEST_CASE("hessian_mix: closed-form sensitivities, exact budget, beats uniform, 
         const svq::config_candidate c = svq::choose_config(model.weights[i], model.rows, model.cols, model.hessians[i],
                                                            target, mix.options().config, mix.options().gptq);
         const svq::quantized_matrix q =
-            svq::quantize(model.weights[i], model.rows, model.cols, model.hessians[i], c.config, mix.options().gptq);
+            svq::quantize(model.weights[i], model.rows, model.cols, {.config = c.config, .hessian = model.hessians[i], .gptq = mix.options().gptq});
         uniform_loss += model.c[i] * model.proxy(i, q.dequantize());
         uniform_bits += q.stored_bits();
     }

@@ -29,6 +29,7 @@
 #include <svq/model/allocate.hpp>
 #include <svq/model/mixed_precision.hpp>
 #include <svq/model/parallel_for.hpp>
+#include <svq/quantize.hpp>
 
 #include <fmt/format.h>
 
@@ -174,7 +175,7 @@ layer_solution best_rtn(const layer_problem& p, double target, const char* who, 
 
 // Plain PVQ at the configuration auto_config picks by SQNR (no calibration data).
 [[nodiscard]] inline layer_solution quantize_pvq(const layer_problem& p, double target) {
-    const quantized_matrix q = quantize(p.weights, p.rows, p.cols, target);
+    const quantized_matrix q = quantize(p.weights, p.rows, p.cols, {.target_bpw = target});
     return {q.dequantize(), q.stored_bits(), to_string(q.config())};
 }
 
@@ -182,7 +183,7 @@ layer_solution best_rtn(const layer_problem& p, double target, const char* who, 
 [[nodiscard]] inline layer_solution quantize_pvq_hessian(const layer_problem& p, double target) {
     gptq_options options;
     options.threads = p.threads;
-    const quantized_matrix q = quantize(p.weights, p.rows, p.cols, p.hessian, target, {}, options);
+    const quantized_matrix q = quantize(p.weights, p.rows, p.cols, {.target_bpw = target, .hessian = p.hessian, .gptq = options});
     return {q.dequantize(), q.stored_bits(), to_string(q.config())};
 }
 

@@ -36,9 +36,10 @@ struct quantize_options {
     std::span<const double> hessian{};
     // What choose_config tries (target_bpw only).
     auto_config_options choice{};
-    // The Hessian search's options (its thread count is `threads` below).
+    // The Hessian search's options.
     gptq_options gptq{};
-    // Rows are split over this many threads (0: all cores); the result does not depend on it.
+    // Rows are split over this many threads (0: all cores); the result does
+    // not depend on it. (The Hessian search keeps gptq.threads when this is 1.)
     unsigned threads = 1;
     // Called with (rows done, rows) as the plain search goes (on the calling thread).
     std::function<void(std::size_t, std::size_t)> progress{};
@@ -60,7 +61,7 @@ inline quantized_matrix quantize(std::span<const float> w, std::size_t rows, std
     const bool hessian = !options.hessian.empty();
     if (hessian) detail::check_hessian_shape(options.hessian, cols, "quantize (Hessian)");
     gptq_options gptq = options.gptq;
-    gptq.threads = options.threads;
+    if (options.threads != 1) gptq.threads = options.threads;
     const matrix_config config =
         options.config ? *options.config
         : hessian      ? choose_config(w, rows, cols, options.hessian, options.target_bpw, options.choice, gptq).config

@@ -30,7 +30,7 @@ int main() {
     svq::detail::normal_sampler normal(1);
     std::vector<float> w(rows * cols);
     for (float& v : w) v = static_cast<float>(normal.next());
-    const double sqnr = svq::sqnr_db(w, svq::quantize(w, rows, cols, 3.0).dequantize());
+    const double sqnr = svq::sqnr_db(w, svq::quantize(w, rows, cols, {.target_bpw = 3.0}).dequantize());
     if (!(sqnr > 12.0)) {
         std::fprintf(stderr, "3 bpw round trip gave %.2f dB\n", sqnr);
         return 1;

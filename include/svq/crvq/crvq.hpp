@@ -38,6 +38,7 @@
 #include <svq/hessian/gptq.hpp>
 #include <svq/matrix/auto_config.hpp>
 #include <svq/matrix/quantized_matrix.hpp>
+#include <svq/quantize.hpp>
 
 #include <fmt/format.h>
 
@@ -515,13 +516,12 @@ inline crvq_model crvq_quantize(std::span<const crvq_layer> layers, const crvq_c
         for (std::size_t l = 0; l < layers.size(); ++l) {
             const crvq_layer& in = layers[l];
             detail::crvq_state& s = states[l];
-            if (config.pvq_config)
-                s.pvq = in.h.empty() ? quantize(in.w, in.rows, in.cols, *config.pvq_config)
-                                     : quantize(in.w, in.rows, in.cols, in.h, *config.pvq_config, config.gptq);
-            else
-                s.pvq = in.h.empty() ? quantize(in.w, in.rows, in.cols, config.pvq_target_bpw, config.pvq_search)
-                                     : quantize(in.w, in.rows, in.cols, in.h, config.pvq_target_bpw, config.pvq_search,
-                                                config.gptq);
+            s.pvq = quantize(in.w, in.rows, in.cols,
+                             {.config = config.pvq_config,
+                              .target_bpw = config.pvq_config ? 0.0 : config.pvq_target_bpw,
+                              .hessian = in.h,
+                              .choice = config.pvq_search,
+                              .gptq = config.gptq});
             s.base = s.pvq->dequantize();
         }
     } else {

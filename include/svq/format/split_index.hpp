@@ -366,7 +366,7 @@ public:
     bool dense() const noexcept { return dense_on_; }
     // The table of all points of P(4, k) for k < leaf4_pulses() (0: none):
     // entry leaf4_start()[k] + r is the point of index r, four int8 packed
-    // lowest coordinate first (kernels/dense_lanes.hpp reads it).
+    // lowest coordinate first (unrank_dense's leaves read it).
     std::size_t leaf4_pulses() const noexcept { return leaf_k_; }
     std::span<const std::size_t> leaf4_start() const noexcept { return leaf_start_; }
     std::span<const std::uint32_t> leaf4_table() const noexcept { return leaf4_; }
@@ -1218,9 +1218,10 @@ private:
     // the concatenation of a point of P(m, j) and one of P(m, k - j), in the
     // order (j, left index, right index): the tables are built by
     // concatenating the smaller ones (pairs in closed form), no unranking.
-    //   P(4, k): k <= 15 (39,041 entries, 156 kB), or k <= 19 (97,281 entries,
-    //     389 kB) where nodes of 4 hold more than 8 pulses on average
+    //   P(4, k): k <= 15 (39,041 entries, 156 kB); k <= 23 (204,609 entries,
+    //     818 kB) where nodes of 4 hold more than 8 pulses on average
     //     (4 K / N > 8: about 4 bpw at N = 128), so that few fall back to pairs;
+    //     k <= 10 (8,361 entries, 33 kB) where they hold at most 3 (4 K / N <= 3);
     //   P(8, k): k <= 6 (40,081 entries, 313 kB), only where nodes of 8 hold
     //     few pulses on average (8 K / N <= 6: about 2 bpw at N = 128; at 3 bpw
     //     they hold ~11 and the table would serve few of them).

@@ -665,18 +665,6 @@ struct hooked_hessian_search {
 };
 }  // namespace detail
 
-// quantize_with's Hessian search in format version 3: w (rows x cols,
-// row-major) quantized to minimise tr(dW H dW^T). Throws svq::invalid_argument
-// for a bad matrix or configuration (as the plain quantize) or a bad Hessian
-// (as hessian_search).
-inline quantized_matrix quantize(std::span<const float> w, std::size_t rows, std::size_t cols,
-                                 std::span<const double> h, const matrix_config& config,
-                                 const gptq_options& options = {}) {
-    detail::check_matrix(w, rows, cols, "quantize (Hessian)");
-    detail::check_hessian_shape(h, cols, "quantize (Hessian)");
-    return quantize_with(w, rows, cols, config, hessian_search{h, options});
-}
-
 // The candidate configuration (candidate_configs: the largest K for each N,
 // gain width and row scale width at <= target_bpw) whose Hessian quantization
 // of sample rows has the smallest proxy loss. Unlike choose_config (plain
@@ -753,14 +741,6 @@ inline config_candidate choose_config(std::span<const float> w, std::size_t rows
         }
     }
     return best;
-}
-
-// The configuration the Hessian choose_config picks at <= target_bpw, then the
-// Hessian quantizer above.
-inline quantized_matrix quantize(std::span<const float> w, std::size_t rows, std::size_t cols,
-                                 std::span<const double> h, double target_bpw, const auto_config_options& opt = {},
-                                 const gptq_options& options = {}) {
-    return quantize(w, rows, cols, h, choose_config(w, rows, cols, h, target_bpw, opt, options).config, options);
 }
 
 // GPTQ with round-to-nearest int-b groups (the baseline), returned as an rtn_matrix

@@ -211,10 +211,4 @@ inline config_candidate choose_config(std::span<const float> w, std::size_t rows
     return best;
 }
 
-// Quantizes to the best configuration at <= target_bpw (see choose_config).
-inline quantized_matrix quantize(std::span<const float> w, std::size_t rows, std::size_t cols, double target_bpw,
-                                 const auto_config_options& opt = {}) {
-    return quantize(w, rows, cols, choose_config(w, rows, cols, target_bpw, opt).config);
-}
-
 }  // namespace svq

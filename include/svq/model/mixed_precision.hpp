@@ -35,6 +35,7 @@
 #include <svq/matrix/quantized_matrix.hpp>
 #include <svq/model/allocate.hpp>
 #include <svq/model/parallel_for.hpp>
+#include <svq/quantize.hpp>
 
 #include <fmt/format.h>
 
@@ -202,7 +203,7 @@ public:
             try {
                 const config_candidate c =
                     choose_config(p.weights, p.rows, p.cols, p.hessian, todo[t].second, options_.config, g);
-                const quantized_matrix q = quantize(p.weights, p.rows, p.cols, p.hessian, c.config, g);
+                const quantized_matrix q = quantize(p.weights, p.rows, p.cols, {.config = c.config, .hessian = p.hessian, .gptq = g});
                 detail::mix_candidate m{todo[t].second,
                                         q.dequantize(),
                                         q.stored_bits(),
@@ -348,7 +349,7 @@ public:
                                                                                                    cols) = hd;
                 gptq_options g = options_.gptq;
                 g.threads = 1;
-                const quantized_matrix m = quantize(target, p.rows, p.cols, h, result.configs[i], g);
+                const quantized_matrix m = quantize(target, p.rows, p.cols, {.config = result.configs[i], .hessian = h, .gptq = g});
                 if (m.stored_bits() != result.matrices[i]->stored_bits())
                     throw invalid_argument(fmt::format("hessian_mix::sequential: {} re-encoded to {} bits, not {}",
                                                        p.name, m.stored_bits(), result.matrices[i]->stored_bits()));
