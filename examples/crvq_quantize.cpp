@@ -202,55 +202,62 @@ int main(int argc, char** argv) try {
                 std::fflush(stdout);
                 t0 = clock_type::now();
             };
-            const auto run_crvq = [&](const std::string& method, const svq::crvq_config& c) {
-                const svq::crvq_model m = svq::crvq_quantize(layers, c);
+            // Both bases go through one lambda (a template over the base type).
+            const auto run_crvq = [&]<class B>(const std::string& method, const svq::crvq_config<B>& c,
+                                               const std::string& base_config) {
+                const svq::crvq_model<B> m = svq::crvq_quantize(layers, c);
                 std::vector<std::vector<float>> wq;
-                for (const svq::crvq_matrix& q : m.matrices) wq.push_back(q.dequantize());
-                std::string config = c.base == svq::crvq_base::pvq
-                                         ? fmt::format("pvq@{:.3f}", c.pvq_target_bpw)
-                                         : fmt::format("base d{} b{}", c.base_dim, c.base_bits);
+                for (const svq::crvq_matrix<B>& q : m.matrices) wq.push_back(q.dequantize());
+                std::string config = base_config;
                 if (c.extended_codebooks > 0 && c.critical_fraction > 0)
                     config += fmt::format(" + {} x (d{} b{}) on {:.0f}%{}", c.extended_codebooks, c.extended_dim,
                                           c.extended_bits, 100 * c.critical_fraction,
-                                          c.base == svq::crvq_base::kmeans && c.permute_base ? " perm" : "");
+                                          m.matrices.front().base_permuted() ? " perm" : "");
                 add(method, config, m.bits_per_weight(), wq);
                 return m.bits_per_weight();
             };
-            svq::crvq_config base;
-            base.base_dim = s.base_dim[t];
-            base.base_bits = s.base_bits[t];
+            const auto kmeans_config = [](const svq::crvq_config<svq::kmeans_base>& c) {
+                return fmt::format("base d{} b{}", c.base.dim, c.base.bits);
+            };
+            svq::crvq_config<svq::kmeans_base> base;
+            base.base.dim = s.base_dim[t];
+            base.base.bits = s.base_bits[t];
             base.extended_dim = s.ext_dim;
             base.extended_bits = s.ext_bits;
             base.critical_fraction = 0.0;
-            base.gptq.threads = o.threads;
+            const double base_bpw = run_crvq("vq-base", base, kmeans_config(base));
+            svq::crvq_config<svq::kmeans_base> larger = base;
+            ++larger.base.bits;
+            run_crvq("vq-base+1bit", larger, kmeans_config(larger));
+            svq::crvq_config<svq::kmeans_base> crvq = base;
+            crvq.critical_fraction = 0.02;
+            crvq.base.permute = false;
+            const double crvq_bpw = run_crvq("crvq-kmeans", crvq, kmeans_config(crvq));
+            crvq.base.permute = true;
+            run_crvq("crvq-kmeans-perm", crvq, kmeans_config(crvq));
             // Hessian PVQ's configuration search: N in {8, 16, 32} (what it picks on these
             // activations) with the rotation on only, which keeps the example to minutes.
-            base.pvq_search.group_dims = {8, 16, 32};
-            base.gptq.try_both_rotations = false;
-            const double base_bpw = run_crvq("vq-base", base);
-            svq::crvq_config larger = base;
-            ++larger.base_bits;
-            run_crvq("vq-base+1bit", larger);
-            svq::crvq_config crvq = base;
-            crvq.critical_fraction = 0.02;
-            crvq.permute_base = false;
-            const double crvq_bpw = run_crvq("crvq-kmeans", crvq);
-            crvq.permute_base = true;
-            run_crvq("crvq-kmeans-perm", crvq);
+            svq::pvq_base pvq_options;
+            pvq_options.search.group_dims = {8, 16, 32};
+            pvq_options.gptq.threads = o.threads;
+            pvq_options.gptq.try_both_rotations = false;
             // PVQ alone at the target, then PVQ at the target less what the extension costs.
             std::vector<std::vector<float>> wq;
             std::size_t bits = 0;
             for (const layer_data& d : s.layers) {
                 const svq::quantized_matrix q =
-                    svq::quantize(d.w, d.rows, d.cols, {.target_bpw = target, .hessian = d.hq, .choice = base.pvq_search, .gptq = base.gptq});
+                    svq::quantize(d.w, d.rows, d.cols, {.target_bpw = target, .hessian = d.hq, .choice = pvq_options.search, .gptq = pvq_options.gptq});
                 bits += q.stored_bits();
                 wq.push_back(q.dequantize());
             }
             add("pvq", "hessian pvq", static_cast<double>(bits) / static_cast<double>(weights), wq);
-            svq::crvq_config pvq = crvq;
-            pvq.base = svq::crvq_base::pvq;
-            pvq.pvq_target_bpw = target - (crvq_bpw - base_bpw);
-            run_crvq("crvq-pvq", pvq);
+            svq::crvq_config<svq::pvq_base> pvq;
+            pvq.base = pvq_options;
+            pvq.base.target_bpw = target - (crvq_bpw - base_bpw);
+            pvq.extended_dim = crvq.extended_dim;
+            pvq.extended_bits = crvq.extended_bits;
+            pvq.critical_fraction = crvq.critical_fraction;
+            run_crvq("crvq-pvq", pvq, fmt::format("pvq@{:.3f}", pvq.base.target_bpw));
         }
     }
     fmt::print("\nproxy loss relative to vq-base at the same target (sum over the set's layers)\n");

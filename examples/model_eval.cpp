@@ -218,10 +218,12 @@ int main(int argc, char** argv) try {
     const auto mix = std::make_shared<me::pvq_hessian_mix>();
     std::vector<me::method> methods = me::standard_methods(mix);
     methods.push_back(me::pvq_tuned_method(mix, o.tune));
-    for (const auto& [name, kind] : {std::pair{"crvq-kmeans", svq::crvq_base::kmeans}, std::pair{"crvq-pvq", svq::crvq_base::pvq}})
-        methods.push_back({name, nullptr, [kind](std::span<const me::layer_problem> ps, double target) {
-                               return me::quantize_crvq(ps, target, kind);
-                           }});
+    methods.push_back({"crvq-kmeans", nullptr, [](std::span<const me::layer_problem> ps, double target) {
+                           return me::quantize_crvq<svq::kmeans_base>(ps, target);
+                       }});
+    methods.push_back({"crvq-pvq", nullptr, [](std::span<const me::layer_problem> ps, double target) {
+                           return me::quantize_crvq<svq::pvq_base>(ps, target);
+                       }});
 
     fmt::print("stories260K from {}; evaluation set {} x {} tokens (seed {}), calibration set {} x {} tokens (temperature {}), {} thread(s)\n",
                o.run.data_dir.string(), o.run.sequences, o.run.length, o.run.seed, o.run.calibration_sequences,

@@ -25,6 +25,7 @@
 #include <map>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -39,23 +40,32 @@ std::string digest_of(const svq::quantized_matrix& q) {
     return h.hex();
 }
 
-std::string digest_of(const svq::crvq_model& m) {
+// The stored parts in one order for both bases: the base codebook (k-means
+// base), the extended codebooks, then per matrix its scales, permutation,
+// base codes (k-means base; empty for PVQ), extended codes and the PVQ
+// matrix (PVQ base).
+template <class B>
+std::string digest_of(const svq::crvq_model<B>& m) {
+    constexpr bool pvq = std::is_same_v<B, svq::pvq_base>;
     sha256 h;
-    const svq::crvq_codebooks& books = *m.codebooks;
+    const svq::crvq_codebooks<B>& books = *m.codebooks;
     auto add_book = [&](const svq::kmeans_codebook& c) {
         for (std::size_t e = 0; e < c.entries(); ++e) h.update(std::span<const float>(c.entry(e), c.dim()));
     };
-    if (books.base) add_book(*books.base);
+    if constexpr (!pvq) {
+        if (books.base) add_book(*books.base);
+    }
     for (const svq::kmeans_codebook& c : books.extended) add_book(c);
-    for (const svq::crvq_matrix& q : m.matrices) {
+    for (const svq::crvq_matrix<B>& q : m.matrices) {
         h.value(q.reference_scale());
         h.update(q.row_scale_codes());
         h.update(q.permutation());
-        h.update(q.base_codes());
+        if constexpr (pvq) h.update(std::span<const std::uint32_t>());
+        else h.update(std::span<const std::uint32_t>(q.base_part()));
         h.update(q.extended_codes());
-        if (q.pvq_base()) {
-            h.update(q.pvq_base()->words());
-            h.value(q.pvq_base()->reference_scale());
+        if constexpr (pvq) {
+            h.update(q.base_part().words());
+            h.value(q.base_part().reference_scale());
         }
     }
     return h.hex();
@@ -104,8 +114,8 @@ std::vector<golden_case> golden_cases() {
          }},
         {"crvq_kmeans",
          [] {
-             svq::crvq_config c;
-             c.base_bits = 6;
+             svq::crvq_config<svq::kmeans_base> c;
+             c.base.bits = 6;
              c.extended_bits = 4;
              c.critical_fraction = 0.05;
              c.kmeans.iterations = 8;
@@ -113,9 +123,8 @@ std::vector<golden_case> golden_cases() {
          }},
         {"crvq_pvq",
          [] {
-             svq::crvq_config c;
-             c.base = svq::crvq_base::pvq;
-             c.pvq_target_bpw = 2.0;
+             svq::crvq_config<svq::pvq_base> c;
+             c.base.target_bpw = 2.0;
              c.extended_bits = 4;
              c.critical_fraction = 0.05;
              return digest_of(svq::crvq_quantize(heavy, rows, cols, h, c));

@@ -48,6 +48,7 @@
 #include <string>
 #include <string_view>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -190,37 +191,40 @@ layer_solution best_rtn(const layer_problem& p, double target, const char* who, 
 // CRVQ (crvq/crvq.hpp) over all the layers with shared codebooks (counted once:
 // model_solution::shared_bits): 2% critical channels, 3 extended codebooks of
 // 16 entries of 4 rows (what examples/crvq_quantize uses on this model).
-// k-means base: the base codebook (d, b) with the highest rate b / d whose
-// whole result stays at or under the target (tried from the top down). PVQ
-// base: Hessian PVQ at the target less the extension's bits (lowered again
-// by the excess if the result is over).
-[[nodiscard]] inline model_solution quantize_crvq(std::span<const layer_problem> ps, double target, crvq_base kind) {
+// k-means base (kmeans_base): the base codebook (d, b) with the highest rate
+// b / d whose whole result stays at or under the target (tried from the top
+// down). PVQ base (pvq_base): Hessian PVQ at the target less the extension's
+// bits (lowered again by the excess if the result is over).
+template <class B>
+    requires CrvqBase<B>
+[[nodiscard]] model_solution quantize_crvq(std::span<const layer_problem> ps, double target) {
+    constexpr bool pvq = std::is_same_v<B, pvq_base>;
     std::vector<crvq_layer> layers;
     std::size_t weights = 0;
     for (const layer_problem& p : ps) {
         layers.push_back({p.weights, p.rows, p.cols, p.hessian});
         weights += p.rows * p.cols;
     }
-    crvq_config c;
-    c.base = kind;
+    crvq_config<B> c;
     c.extended_dim = 4;
     c.extended_bits = 4;
     c.critical_fraction = 0.02;
-    c.permute_base = false;
-    c.gptq.threads = ps.empty() ? 1u : ps.front().threads;
-    const auto solve = [&](const crvq_config& config) {
-        const crvq_model m = crvq_quantize(layers, config);
+    if constexpr (pvq) c.base.gptq.threads = ps.empty() ? 1u : ps.front().threads;
+    else c.base.permute = false;
+    const auto solve = [&](const crvq_config<B>& config) {
+        const crvq_model<B> m = crvq_quantize(layers, config);
         model_solution out;
         out.shared_bits = m.codebooks ? m.codebooks->stored_bits() : 0;
         for (std::size_t i = 0; i < m.matrices.size(); ++i) {
-            const crvq_matrix& q = m.matrices[i];
-            const std::string base = kind == crvq_base::pvq ? to_string(q.pvq_base()->config())
-                                                            : fmt::format("base d{} b{}", config.base_dim, config.base_bits);
+            const crvq_matrix<B>& q = m.matrices[i];
+            std::string base;
+            if constexpr (pvq) base = to_string(q.base_part().config());
+            else base = fmt::format("base d{} b{}", config.base.dim, config.base.bits);
             out.layers.push_back({q.dequantize(), q.stored_bits(), base + " + 3 x (d4 b4) on 2%"});
         }
         return std::pair{std::move(out), m.bits_per_weight()};
     };
-    if (kind == crvq_base::pvq) {
+    if constexpr (pvq) {
         // The extension's bits: critical channel indices and codes per matrix, its codebooks once.
         std::size_t extension = c.extended_codebooks * (std::size_t{1} << c.extended_bits) * c.extended_dim * 16;
         for (const layer_problem& p : ps) {
@@ -228,31 +232,32 @@ layer_solution best_rtn(const layer_problem& p, double target, const char* who, 
             extension += critical * (svq::detail::column_index_bits(p.cols) +
                                      c.extended_codebooks * ((p.rows + c.extended_dim - 1) / c.extended_dim) * c.extended_bits);
         }
-        c.pvq_target_bpw = target - static_cast<double>(extension) / static_cast<double>(weights);
+        c.base.target_bpw = target - static_cast<double>(extension) / static_cast<double>(weights);
         for (int attempt = 0;; ++attempt) {
             auto [solution, bpw] = solve(c);
             if (bpw <= target + 1e-12 || attempt == 3) return std::move(solution);
-            c.pvq_target_bpw -= bpw - target + 0.002;
+            c.base.target_bpw -= bpw - target + 0.002;
         }
+    } else {
+        struct rate {
+            std::size_t d;
+            unsigned b;
+        };
+        std::vector<rate> rates;
+        for (const std::size_t d : {1u, 2u, 3u, 4u, 6u, 8u})
+            for (unsigned b = 1; b <= 8; ++b) rates.push_back({d, b});
+        std::sort(rates.begin(), rates.end(), [](const rate& x, const rate& y) {
+            return static_cast<double>(x.b) * static_cast<double>(y.d) > static_cast<double>(y.b) * static_cast<double>(x.d);
+        });
+        for (const rate& r : rates) {
+            if (static_cast<double>(r.b) / static_cast<double>(r.d) > target) continue;
+            c.base.dim = r.d;
+            c.base.bits = r.b;
+            auto [solution, bpw] = solve(c);
+            if (bpw <= target + 1e-12) return std::move(solution);
+        }
+        throw invalid_argument(fmt::format("crvq: no base codebook reaches {} bpw", target));
     }
-    struct rate {
-        std::size_t d;
-        unsigned b;
-    };
-    std::vector<rate> rates;
-    for (const std::size_t d : {1u, 2u, 3u, 4u, 6u, 8u})
-        for (unsigned b = 1; b <= 8; ++b) rates.push_back({d, b});
-    std::sort(rates.begin(), rates.end(), [](const rate& x, const rate& y) {
-        return static_cast<double>(x.b) * static_cast<double>(y.d) > static_cast<double>(y.b) * static_cast<double>(x.d);
-    });
-    for (const rate& r : rates) {
-        if (static_cast<double>(r.b) / static_cast<double>(r.d) > target) continue;
-        c.base_dim = r.d;
-        c.base_bits = r.b;
-        auto [solution, bpw] = solve(c);
-        if (bpw <= target + 1e-12) return std::move(solution);
-    }
-    throw invalid_argument(fmt::format("crvq: no base codebook reaches {} bpw", target));
 }
 
 // ---------------------------------------------------------------------------
