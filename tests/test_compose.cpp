@@ -242,3 +242,36 @@ TEST_CASE("every quantized matrix has gemv and gemv_batch, equal to the product 
     REQUIRE_THROWS_WITH(svq::rtn_quantize(w, rows, cols, {4, 32}).gemv(x, std::span<float>(y.data(), 3)),
                         Catch::Contains("y has 3 entries"));
 }
+
+TEST_CASE("CRVQ takes threads and a progress callback; its matrices are QuantizedMatrix") {
+    STATIC_REQUIRE(svq::QuantizedMatrix<svq::crvq_matrix<svq::kmeans_base>>);
+    STATIC_REQUIRE(svq::QuantizedMatrix<svq::crvq_matrix<svq::pvq_base>>);
+    const std::size_t rows = 64, cols = 96;
+    const std::vector<float> w1 = svq::examples::student_t_matrix(rows, cols, 4, 31);
+    const std::vector<float> w2 = svq::examples::student_t_matrix(rows, cols, 4, 32);
+    const std::vector<svq::crvq_layer> layers = {{w1, rows, cols, {}}, {w2, rows, cols, {}}};
+    svq::crvq_config<svq::pvq_base> c;
+    c.base.config = explicit_config(32, 8, 2, 16, true);
+    c.extended_codebooks = 2;
+    c.extended_bits = 6;
+    c.critical_fraction = 0.1;
+    c.refine_rounds = 1;
+    std::vector<std::size_t> seen;
+    c.progress = [&](std::size_t done, std::size_t total) {
+        REQUIRE(total == layers.size() + c.extended_codebooks + c.refine_rounds + 1);
+        seen.push_back(done);
+    };
+    const svq::crvq_model<svq::pvq_base> one = svq::crvq_quantize(layers, c);
+    REQUIRE(seen.size() == layers.size() + c.extended_codebooks + c.refine_rounds + 1);
+    REQUIRE(seen.back() == seen.size());
+    c.threads = 2;
+    c.progress = nullptr;
+    const svq::crvq_model<svq::pvq_base> two = svq::crvq_quantize(layers, c);
+    for (std::size_t l = 0; l < layers.size(); ++l) {
+        REQUIRE(one.matrices[l].dequantize() == two.matrices[l].dequantize());
+        // The generic measure over any QuantizedMatrix is the SQNR of its reconstruction.
+        CHECK(svq::sqnr_db(layers[l].w, one.matrices[l]) ==
+              svq::sqnr_db(layers[l].w, std::span<const float>(one.matrices[l].dequantize())));
+        CHECK(svq::sqnr_db(layers[l].w, one.matrices[l]) > 5.0);
+    }
+}

@@ -399,7 +399,8 @@ private:
             return 0;
     }
 
-    static std::vector<double> levels_of(const gain_quantizer_type& q) {
+    template <ScaleQuantizer Q>
+    static std::vector<double> levels_of(const Q& q) {
         std::vector<double> levels(std::size_t{1} << q.bits());
         for (std::size_t c = 0; c < levels.size(); ++c) levels[c] = q.decode(static_cast<std::uint32_t>(c));
         return levels;

@@ -1,6 +1,7 @@
 // Error measures used everywhere in svq (docs/design.md, "How svq measures").
 #pragma once
 
+#include <svq/concepts.hpp>
 #include <svq/error.hpp>
 
 #include <fmt/format.h>
@@ -9,6 +10,7 @@
 #include <cstddef>
 #include <limits>
 #include <span>
+#include <vector>
 
 namespace svq {
 
@@ -39,6 +41,16 @@ inline double sqnr_db(std::span<const float> x, std::span<const float> xhat) {
     if (!(signal > 0.0)) throw invalid_argument("sqnr_db: the reference signal is all zeros");
     if (noise == 0.0) return std::numeric_limits<double>::infinity();
     return 10.0 * std::log10(signal / noise);
+}
+
+// The SQNR of any quantized matrix against the weights it came from
+// (w: rows * cols, row-major; the quantized matrix's reconstruction).
+template <QuantizedMatrix M>
+double sqnr_db(std::span<const float> w, const M& q) {
+    if (w.size() != q.rows() * q.cols())
+        throw invalid_argument(fmt::format("sqnr_db: {} weights for a {} x {} quantized matrix", w.size(), q.rows(), q.cols()));
+    const std::vector<float> back = q.dequantize();
+    return sqnr_db(w, std::span<const float>(back));
 }
 
 // Shannon's bound for iid Gaussian data: 6.02 dB per bit (20 log10 2).
