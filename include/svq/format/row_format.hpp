@@ -167,8 +167,8 @@ struct beta_gain_quantizers {
 // The writer and the reader of the rows of one matrix: its layout, the shape
 // code of the full and the tail group (the split-order index of
 // format/split_index.hpp by default), the gain quantizers and the row scale
-// codec (reference scale `ref`). Non-virtual; built once per matrix (the index
-// tables cost milliseconds). Format version 3 is basic_row_format<> (row_format);
+// codec (reference scale `ref`). Plain member functions, no dispatch table;
+// built once per matrix (the index tables cost milliseconds). Format version 3 is basic_row_format<> (row_format);
 // other shape codes or gain quantizers give other formats of the same layout.
 template <ShapeCode Shape = pvq_split_index, GainQuantizers Gains = beta_gain_quantizers>
 class basic_row_format {
