@@ -22,6 +22,8 @@
 // with their inputs over 16 sampled sequences x 256 tokens; the codebooks are
 // shared by the 35 layers and counted once (docs/crvq.md).
 #include <common/activations.hpp>
+#include <common/calibration_options.hpp>
+#include <common/json.hpp>
 #include <common/llama2.hpp>
 #include <common/synthetic.hpp>
 
@@ -42,6 +44,9 @@
 #include <vector>
 
 namespace {
+
+// The paragraph under the usage line of --help.
+constexpr const char* about = "CRVQ (k-means and PVQ bases) against its base and Hessian PVQ at 1.07, 2.1 and 3.1 bpw.";
 
 namespace llama2 = svq::llama2;
 using clock_type = std::chrono::steady_clock;
@@ -67,33 +72,6 @@ struct result_row {
     std::string set, method, config;
     double target = 0, bpw = 0, mse = 0, proxy = 0, seconds = 0;
 };
-
-struct options {
-    std::optional<std::string> json;
-    std::filesystem::path data = SVQ_DATA_DIR;
-    bool synthetic_only = false;
-    unsigned threads = 1;
-};
-
-options parse(int argc, char** argv) {
-    options o;
-    for (int i = 1; i < argc; ++i) {
-        const std::string_view a = argv[i];
-        const auto value = [&]() -> std::string {
-            if (i + 1 >= argc) throw svq::invalid_argument(fmt::format("{} needs a value", a));
-            return argv[++i];
-        };
-        if (a == "--json") o.json = value();
-        else if (a == "--data") o.data = value();
-        else if (a == "--synthetic-only") o.synthetic_only = true;
-        else if (a == "--threads") o.threads = static_cast<unsigned>(std::stoul(value()));
-        else {
-            fmt::print("usage: crvq_quantize [--json FILE] [--data DIR] [--synthetic-only] [--threads T]\n");
-            throw svq::invalid_argument(fmt::format("unknown argument '{}'", a));
-        }
-    }
-    return o;
-}
 
 void add_hessian(layer_data& d, std::span<const float> x, std::size_t tokens) {
     svq::hessian_accumulator acc(d.cols);
@@ -154,22 +132,13 @@ totals measure(const dataset& s, const std::vector<std::vector<float>>& wq) {
     return t;
 }
 
-std::string json_escape(std::string_view s) {
-    std::string out;
-    for (const char ch : s) {
-        if (ch == '"' || ch == '\\') out += '\\';
-        out += ch;
-    }
-    return out;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) try {
-    const options o = parse(argc, argv);
+    const auto o = svq::examples::calibration_options::parse(argc, argv, "crvq_quantize", "--synthetic-only", about);
     std::vector<dataset> sets;
     sets.push_back(synthetic_set());
-    if (o.synthetic_only) {
+    if (o.synthetic) {
         fmt::print("real data: skipped (--synthetic-only)\n");
     } else if (std::filesystem::exists(o.data / "stories260K.bin")) {
         fmt::print("real data: stories260K in {}; all linear layers, activations of 16 sequences x 256 tokens\n",
@@ -273,19 +242,13 @@ int main(int argc, char** argv) try {
             fmt::print("\n");
         }
     if (o.json) {
-        std::FILE* f = std::fopen(o.json->c_str(), "w");
-        if (f == nullptr) throw svq::io_error(fmt::format("cannot write '{}'", *o.json));
-        fmt::print(f, "[\n");
-        for (std::size_t i = 0; i < rows.size(); ++i) {
-            const result_row& r = rows[i];
-            fmt::print(f,
-                       "  {{\"set\": \"{}\", \"method\": \"{}\", \"config\": \"{}\", \"target_bpw\": {}, \"bpw\": {:.6f}, "
-                       "\"mse\": {:.8e}, \"proxy_loss\": {:.8e}, \"seconds\": {:.4f}}}{}\n",
-                       json_escape(r.set), r.method, json_escape(r.config), r.target, r.bpw, r.mse, r.proxy, r.seconds,
-                       i + 1 < rows.size() ? "," : "");
-        }
-        fmt::print(f, "]\n");
-        std::fclose(f);
+        svq::examples::write_json_array(*o.json, rows, [](const result_row& r) {
+            using svq::examples::json_escape;
+            return fmt::format(
+                "{{\"set\": \"{}\", \"method\": \"{}\", \"config\": \"{}\", \"target_bpw\": {}, "
+                "\"bpw\": {:.6f}, \"mse\": {:.8e}, \"proxy_loss\": {:.8e}, \"seconds\": {:.4f}}}",
+                json_escape(r.set), r.method, json_escape(r.config), r.target, r.bpw, r.mse, r.proxy, r.seconds);
+        });
         fmt::print("\nwrote {}\n", *o.json);
     }
     return 0;

@@ -13,6 +13,8 @@
 // RTN rows use the int-b / group-G configuration (b + 16 / G bpw, G in 16..128)
 // with the most bits at <= the target.
 #include <common/activations.hpp>
+#include <common/calibration_options.hpp>
+#include <common/json.hpp>
 #include <common/llama2.hpp>
 #include <common/synthetic.hpp>
 
@@ -39,6 +41,10 @@
 
 namespace {
 
+// The paragraph under the usage line of --help.
+constexpr const char* about =
+    "Plain and Hessian PVQ, RTN and GPTQ-RTN of layers against their calibration activations.";
+
 namespace llama2 = svq::llama2;
 
 using clock_type = std::chrono::steady_clock;
@@ -53,33 +59,6 @@ struct result_row {
     std::string layer, method, config;
     double target = 0, bpw = 0, mse = 0, proxy = 0, rel_output = 0, seconds = 0;
 };
-
-struct options {
-    std::optional<std::string> json;
-    std::filesystem::path data = SVQ_DATA_DIR;
-    bool synthetic = false;
-    unsigned threads = 1;
-};
-
-options parse(int argc, char** argv) {
-    options o;
-    for (int i = 1; i < argc; ++i) {
-        const std::string_view a = argv[i];
-        const auto value = [&]() -> std::string {
-            if (i + 1 >= argc) throw svq::invalid_argument(fmt::format("{} needs a value", a));
-            return argv[++i];
-        };
-        if (a == "--json") o.json = value();
-        else if (a == "--data") o.data = value();
-        else if (a == "--synthetic") o.synthetic = true;
-        else if (a == "--threads") o.threads = static_cast<unsigned>(std::stoul(value()));
-        else {
-            fmt::print("usage: hessian_quantize [--json FILE] [--data DIR] [--synthetic] [--threads T]\n");
-            throw svq::invalid_argument(fmt::format("unknown argument '{}'", a));
-        }
-    }
-    return o;
-}
 
 std::vector<layer_data> real_layers(const std::filesystem::path& dir) {
     const llama2::model m = llama2::model::load(dir / "stories260K.bin");
@@ -141,19 +120,10 @@ std::optional<svq::rtn_config> rtn_for(double target, std::size_t cols) {
     return std::nullopt;
 }
 
-std::string json_escape(std::string_view s) {
-    std::string out;
-    for (const char ch : s) {
-        if (ch == '"' || ch == '\\') out += '\\';
-        out += ch;
-    }
-    return out;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) try {
-    const options o = parse(argc, argv);
+    const auto o = svq::examples::calibration_options::parse(argc, argv, "hessian_quantize", "--synthetic", about);
     std::vector<layer_data> layers;
     const bool have_data = std::filesystem::exists(o.data / "stories260K.bin");
     if (!o.synthetic && have_data) {
@@ -219,19 +189,15 @@ int main(int argc, char** argv) try {
                    grtn > 0 ? hess / grtn : 0.0);
     }
     if (o.json) {
-        std::FILE* f = std::fopen(o.json->c_str(), "w");
-        if (f == nullptr) throw svq::io_error(fmt::format("cannot write '{}'", *o.json));
-        fmt::print(f, "[\n");
-        for (std::size_t i = 0; i < rows.size(); ++i) {
-            const result_row& r = rows[i];
-            fmt::print(f,
-                       "  {{\"layer\": \"{}\", \"method\": \"{}\", \"config\": \"{}\", \"target_bpw\": {}, \"bpw\": {:.6f}, "
-                       "\"mse\": {:.8e}, \"proxy_loss\": {:.8e}, \"relative_output_error\": {:.8e}, \"seconds\": {:.4f}}}{}\n",
-                       json_escape(r.layer), r.method, json_escape(r.config), r.target, r.bpw, r.mse, r.proxy,
-                       r.rel_output, r.seconds, i + 1 < rows.size() ? "," : "");
-        }
-        fmt::print(f, "]\n");
-        std::fclose(f);
+        svq::examples::write_json_array(*o.json, rows, [](const result_row& r) {
+            using svq::examples::json_escape;
+            return fmt::format(
+                "{{\"layer\": \"{}\", \"method\": \"{}\", \"config\": \"{}\", \"target_bpw\": {}, "
+                "\"bpw\": {:.6f}, \"mse\": {:.8e}, \"proxy_loss\": {:.8e}, "
+                "\"relative_output_error\": {:.8e}, \"seconds\": {:.4f}}}",
+                json_escape(r.layer), r.method, json_escape(r.config), r.target, r.bpw, r.mse, r.proxy, r.rel_output,
+                r.seconds);
+        });
         fmt::print("\nwrote {}\n", *o.json);
     }
     return 0;

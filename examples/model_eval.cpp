@@ -24,7 +24,9 @@
 // model_quantizer over all layers at once (shared bits counted once), as the
 // CRVQ rows do, or a calibrated_quantizer that may also run the float model
 // on the calibration set, as pvq-hessian-mix does.
+#include <common/args.hpp>
 #include <common/finetune.hpp>
+#include <common/json.hpp>
 #include <common/model_eval.hpp>
 
 #include <fmt/format.h>
@@ -32,7 +34,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -48,72 +49,35 @@ struct options {
     bool print_layers = false;
 };
 
-std::vector<std::string> split(const std::string& list) {
-    std::vector<std::string> out;
-    std::stringstream in(list);
-    for (std::string item; std::getline(in, item, ',');)
-        if (!item.empty()) out.push_back(item);
-    return out;
-}
-
-constexpr std::string_view usage =
-    "usage: model_eval [--data DIR] [--json FILE] [--seed S] [--sequences S] [--length L] [--calibration C]\n"
-    "                  [--calibration-temperature 1]\n"
-    "                  [--targets 2,2.5,3,3.25,4] [--methods rtn,gptq-rtn,pvq,pvq-hessian,pvq-hessian-mix,\n"
-    "                   pvq-hessian-mix-seq,pvq-tuned,crvq-kmeans,crvq-pvq]\n"
-    "                  [--embedding] [--damping D] [--threads T] [--layers]\n"
-    "                  [--tune-steps 600] [--tune-batch 16] [--tune-lr 5e-3] [--tune-embedding] [--tune-scales]\n";
-
 options parse(int argc, char** argv) {
+    using svq::examples::bounds;
     options o;
     o.run.data_dir = SVQ_DATA_DIR;
-    for (int i = 1; i < argc; ++i) {
-        const std::string_view a = argv[i];
-        const auto value = [&]() -> std::string {
-            if (i + 1 >= argc) throw svq::invalid_argument(fmt::format("{} needs a value", a));
-            return argv[++i];
-        };
-        const auto count = [&](std::string_view name) {
-            const std::string v = value();
-            const long n = std::stol(v);
-            if (n < 1 || n > 1 << 20) throw svq::invalid_argument(fmt::format("{} = {} must be in [1, 2^20]", name, v));
-            return static_cast<int>(n);
-        };
-        if (a == "--data") o.run.data_dir = value();
-        else if (a == "--json") o.json = value();
-        else if (a == "--seed") o.run.seed = std::stoull(value());
-        else if (a == "--sequences") o.run.sequences = count(a);
-        else if (a == "--length") o.run.length = count(a);
-        else if (a == "--calibration") o.run.calibration_sequences = count(a);
-        else if (a == "--calibration-temperature") {
-            const double v = std::stod(value());
-            if (!(v > 0.0 && v <= 4.0))
-                throw svq::invalid_argument(fmt::format("--calibration-temperature = {} must be in (0, 4]", v));
-            o.run.calibration_temperature = static_cast<float>(v);
-        }
-        else if (a == "--threads") o.run.threads = static_cast<unsigned>(count(a));
-        else if (a == "--damping") o.run.damping = std::stod(value());
-        else if (a == "--embedding") o.run.embedding = true;
-        else if (a == "--layers") o.print_layers = true;
-        else if (a == "--tune-steps") o.tune.steps = static_cast<std::size_t>(count(a));
-        else if (a == "--tune-batch") o.tune.batch = static_cast<std::size_t>(count(a));
-        else if (a == "--tune-lr") {
-            const std::string v = value();
-            o.tune.weight_lr = std::stod(v);
-            if (!(o.tune.weight_lr > 0.0 && o.tune.weight_lr < 1.0))
-                throw svq::invalid_argument(fmt::format("--tune-lr = {} must be in (0, 1)", v));
-        }
-        else if (a == "--tune-embedding") o.tune.tune_embedding = true;
-        else if (a == "--tune-scales") o.tune.keep_row_scales = false;
-        else if (a == "--methods") o.run.methods = split(value());
-        else if (a == "--targets") {
-            o.run.targets.clear();
-            for (const std::string& t : split(value())) o.run.targets.push_back(std::stod(t));
-        } else {
-            fmt::print(stderr, "{}", usage);
-            throw svq::invalid_argument(fmt::format("unknown argument '{}'", a));
-        }
-    }
+    const bounds count = bounds::closed(1, 1 << 20);
+    svq::examples::arg_parser p("model_eval",
+                                "stories260K with every linear layer quantized by each method at each target bpw,\n"
+                                "compared with the float model (docs/evaluation.md). Methods: rtn, gptq-rtn, pvq,\n"
+                                "pvq-hessian, pvq-hessian-mix, pvq-hessian-mix-seq, pvq-tuned, crvq-kmeans, crvq-pvq.");
+    p.data_option(o.run.data_dir, "stories260K.bin, tok512.bin and tinystories_valid_sample.txt")
+        .json_option(o.json, "the table")
+        .option("--seed", "S", o.run.seed, "seed of the sampled evaluation set")
+        .option("--sequences", "S", o.run.sequences, "sampled evaluation sequences", count)
+        .option("--length", "L", o.run.length, "tokens per sampled sequence", count)
+        .option("--calibration", "C", o.run.calibration_sequences, "sampled calibration sequences", count)
+        .option("--calibration-temperature", "T", o.run.calibration_temperature,
+                "sampling temperature of the calibration set", bounds::open_closed(0.0, 4.0))
+        .option("--targets", "2,2.5,...", o.run.targets, "target bits per weight")
+        .option("--methods", "rtn,pvq,...", o.run.methods, "methods to run (default: all)")
+        .flag("--embedding", o.run.embedding, "also rows with the token embedding quantized")
+        .option("--damping", "D", o.run.damping, "Hessian damping, a fraction of mean(diag H)")
+        .option("--threads", "T", o.run.threads, "threads", count)
+        .flag("--layers", o.print_layers, "print each row's per-layer configurations")
+        .option("--tune-steps", "N", o.tune.steps, "pvq-tuned: optimizer steps", count)
+        .option("--tune-batch", "B", o.tune.batch, "pvq-tuned: calibration sequences per step", count)
+        .option("--tune-lr", "R", o.tune.weight_lr, "pvq-tuned: step of the latent weights", bounds::open(0.0, 1.0))
+        .flag("--tune-embedding", o.tune.tune_embedding, "pvq-tuned: also tune the float token embedding")
+        .flag("--tune-scales", o.tune.keep_row_scales, "pvq-tuned: re-plan the row scales at every step", false);
+    p.parse(argc, argv);
     return o;
 }
 
@@ -175,35 +139,33 @@ void print_summary(const me::table& t) {
 }
 
 void write_json(const std::string& path, const me::run_options& o, const me::table& t) {
-    std::FILE* f = std::fopen(path.c_str(), "w");
-    if (f == nullptr) throw svq::io_error(fmt::format("cannot write '{}'", path));
-    fmt::print(f, "{{\n  \"seed\": {}, \"sequences\": {}, \"length\": {}, \"calibration_sequences\": {}, \"calibration_temperature\": {},\n"
-               "  \"damping\": {},\n",
-               o.seed, o.sequences, o.length, o.calibration_sequences, o.calibration_temperature, o.damping);
-    fmt::print(f, "  \"real_documents\": {}, \"evaluation_positions\": {}, \"calibration_tokens\": {}, \"shared_sequences\": {},\n",
-               t.real_documents, t.evaluation_positions, t.calibration_tokens, t.shared_sequences);
-    fmt::print(f, "  \"rows\": [\n");
+    using svq::examples::json_escape;
+    svq::examples::json_file f(path);
+    f.print("{{\n  \"seed\": {}, \"sequences\": {}, \"length\": {}, \"calibration_sequences\": {}, \"calibration_temperature\": {},\n"
+            "  \"damping\": {},\n",
+            o.seed, o.sequences, o.length, o.calibration_sequences, o.calibration_temperature, o.damping);
+    f.print("  \"real_documents\": {}, \"evaluation_positions\": {}, \"calibration_tokens\": {}, \"shared_sequences\": {},\n",
+            t.real_documents, t.evaluation_positions, t.calibration_tokens, t.shared_sequences);
+    f.print("  \"rows\": [\n");
     const auto metrics = [](const me::set_metrics& m) {
         return fmt::format(
             "{{\"positions\": {}, \"mean_nll\": {:.10f}, \"perplexity\": {:.10f}, \"mean_kl\": {:.10e}, \"max_kl\": {:.10e}, "
             "\"top1\": {:.10f}}}",
             m.positions, m.mean_nll, m.perplexity, m.mean_kl, m.max_kl, m.top1);
     };
-    for (std::size_t i = 0; i < t.rows.size(); ++i) {
-        const me::table_row& r = t.rows[i];
+    f.print_elements(t.rows, "    ", [&](const me::table_row& r) {
         std::string configs;
         for (std::size_t j = 0; j < r.layer_configs.size(); ++j)
-            configs += fmt::format("{}\"{}\"", j == 0 ? "" : ", ", r.layer_configs[j]);
-        fmt::print(f,
-                   "    {{\"method\": \"{}\", \"target_bpw\": {}, \"embedding\": {}, \"bpw\": {:.6f}, \"stored_bits\": {}, "
-                   "\"weights\": {},\n     \"real\": {},\n     \"sampled\": {},\n     \"rel_ppl_real\": {:.10f}, "
-                   "\"rel_ppl_sampled\": {:.10f}, \"quantize_seconds\": {:.3f},\n     \"layers\": [{}]}}{}\n",
-                   r.method, r.target_bpw, r.embedding ? "true" : "false", r.bpw, r.stored_bits, r.weights,
-                   metrics(r.real), metrics(r.sampled), r.rel_real, r.rel_sampled, r.quantize_seconds, configs,
-                   i + 1 < t.rows.size() ? "," : "");
-    }
-    fmt::print(f, "  ]\n}}\n");
-    if (std::fclose(f) != 0) throw svq::io_error(fmt::format("error while writing '{}'", path));
+            configs += fmt::format("{}\"{}\"", j == 0 ? "" : ", ", json_escape(r.layer_configs[j]));
+        return fmt::format(
+            "{{\"method\": \"{}\", \"target_bpw\": {}, \"embedding\": {}, \"bpw\": {:.6f}, \"stored_bits\": {}, "
+            "\"weights\": {},\n     \"real\": {},\n     \"sampled\": {},\n     \"rel_ppl_real\": {:.10f}, "
+            "\"rel_ppl_sampled\": {:.10f}, \"quantize_seconds\": {:.3f},\n     \"layers\": [{}]}}",
+            json_escape(r.method), r.target_bpw, r.embedding ? "true" : "false", r.bpw, r.stored_bits, r.weights,
+            metrics(r.real), metrics(r.sampled), r.rel_real, r.rel_sampled, r.quantize_seconds, configs);
+    });
+    f.print("  ]\n}}\n");
+    f.close();
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include <svq/pvq/codec.hpp>
 #include <svq/simd/compat.hpp>
 
+#include "common/args.hpp"
 #include "common/llama2.hpp"
 
 #include <fmt/format.h>
@@ -81,8 +82,12 @@ totals round_trip(const codec_type& codec, std::string_view name, std::span<cons
 
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
     try {
+        svq::examples::arg_parser("pvq_roundtrip",
+                                  "A small Gaussian matrix and a few rows of stories260K's layers.0.wq (when\n"
+                                  "SVQ_DATA_DIR has it) through the PVQ shape codec, N = 32, K = 50; no options.")
+            .parse(argc, argv);
         const codec_type codec(group_dim, group_pulses);
         fmt::print(
             "svq PVQ round trip: N={}, K={}, V(N,K) = {} points, {} index bits per group ({:.3f} bits/weight); "

@@ -8,6 +8,8 @@
 //                   [--no-real] [--no-progress]
 //
 // One thread. Every bpw is every stored bit / weights (docs/design.md, "Bits per weight").
+#include <common/args.hpp>
+#include <common/json.hpp>
 #include <common/llama2.hpp>
 #include <common/synthetic.hpp>
 
@@ -25,7 +27,6 @@
 #include <filesystem>
 #include <optional>
 #include <span>
-#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -138,64 +139,36 @@ struct options {
 
 options parse(int argc, char** argv) {
     options o;
-    for (int i = 1; i < argc; ++i) {
-        const std::string_view a = argv[i];
-        const auto value = [&]() -> std::string {
-            if (i + 1 >= argc) throw std::invalid_argument(fmt::format("{} needs a value", a));
-            return argv[++i];
-        };
-        if (a == "--json") o.json = value();
-        else if (a == "--size") o.size = std::stoul(value());
-        else if (a == "--data") o.data = value();
-        else if (a == "--no-real") o.real = false;
-        else if (a == "--no-progress") o.progress = false;
-        else if (a == "--targets") {
-            o.targets.clear();
-            const std::string list = value();
-            for (std::size_t p = 0; p < list.size();) {
-                const std::size_t comma = std::min(list.find(',', p), list.size());
-                o.targets.push_back(std::stod(list.substr(p, comma - p)));
-                p = comma + 1;
-            }
-        } else if (a == "--help" || a == "-h") {
-            fmt::print("usage: rate_distortion [--json FILE] [--size N] [--targets 2,3.25,...] [--data DIR] "
-                       "[--no-real] [--no-progress]\n");
-            std::exit(0);
-        } else {
-            throw std::invalid_argument(fmt::format("unknown argument '{}' (try --help)", a));
-        }
-    }
-    if (o.size < 64) throw std::invalid_argument(fmt::format("--size {} is below 64", o.size));
+    svq::examples::arg_parser p("rate_distortion",
+                                "svq's PVQ matrix codec at target bits per weight next to round-to-nearest, on\n"
+                                "synthetic Gaussian and Student-t(4) matrices and stories260K's weights; one thread.");
+    p.json_option(o.json, "the table")
+        .option("--size", "N", o.size, "rows and columns of the synthetic matrices",
+                svq::examples::bounds::at_least(64))
+        .option("--targets", "2,3.25,...", o.targets, "target bits per weight of the svq rows")
+        .data_option(o.data, "stories260K.bin")
+        .flag("--no-real", o.real, "synthetic sets only (skip stories260K)", false)
+        .flag("--no-progress", o.progress, "no progress bar on stderr", false);
+    p.parse(argc, argv);
     return o;
 }
 
-std::string json_escape(std::string_view s) {
-    std::string out;
-    for (const char c : s) {
-        if (c == '"' || c == '\\') out += '\\';
-        out += c;
-    }
-    return out;
-}
-
 void write_json(const std::string& path, const std::vector<result_row>& rows, const options& o) {
-    std::FILE* f = std::fopen(path.c_str(), "w");
-    if (f == nullptr) throw svq::io_error(fmt::format("cannot write '{}'", path));
-    fmt::print(f, "{{\n  \"arch\": \"{}\",\n  \"size\": {},\n  \"threads\": 1,\n  \"rows\": [\n", svq::simd::arch_name(),
-               o.size);
-    for (std::size_t i = 0; i < rows.size(); ++i) {
-        const result_row& r = rows[i];
-        fmt::print(f,
-                   "    {{\"dataset\": \"{}\", \"method\": \"{}\", \"config\": \"{}\", \"target_bpw\": {}, "
-                   "\"bpw\": {:.6f}, \"sqnr_db\": {:.4f}, \"gap_db\": {:.4f}, \"encode_mws\": {:.3f}, "
-                   "\"decode_mws\": {:.3f}, \"baseline\": \"{}\", \"baseline_bpw\": {:.6f}, "
-                   "\"baseline_sqnr_db\": {:.4f}, \"baseline_mse_ratio\": {:.4f}}}{}\n",
-                   json_escape(r.dataset), json_escape(r.method), json_escape(r.config), r.target, r.bpw, r.sqnr_db,
-                   r.gap_db, r.encode_mws, r.decode_mws, json_escape(r.baseline), r.baseline_bpw,
-                   r.baseline_sqnr_db, r.mse_ratio, i + 1 < rows.size() ? "," : "");
-    }
-    fmt::print(f, "  ]\n}}\n");
-    std::fclose(f);
+    using svq::examples::json_escape;
+    svq::examples::json_file f(path);
+    f.print("{{\n  \"arch\": \"{}\",\n  \"size\": {},\n  \"threads\": 1,\n  \"rows\": [\n", svq::simd::arch_name(),
+            o.size);
+    f.print_elements(rows, "    ", [](const result_row& r) {
+        return fmt::format(
+            "{{\"dataset\": \"{}\", \"method\": \"{}\", \"config\": \"{}\", \"target_bpw\": {}, "
+            "\"bpw\": {:.6f}, \"sqnr_db\": {:.4f}, \"gap_db\": {:.4f}, \"encode_mws\": {:.3f}, "
+            "\"decode_mws\": {:.3f}, \"baseline\": \"{}\", \"baseline_bpw\": {:.6f}, "
+            "\"baseline_sqnr_db\": {:.4f}, \"baseline_mse_ratio\": {:.4f}}}",
+            json_escape(r.dataset), json_escape(r.method), json_escape(r.config), r.target, r.bpw, r.sqnr_db, r.gap_db,
+            r.encode_mws, r.decode_mws, json_escape(r.baseline), r.baseline_bpw, r.baseline_sqnr_db, r.mse_ratio);
+    });
+    f.print("  ]\n}}\n");
+    f.close();
 }
 
 result_row run_rtn(const dataset& d, unsigned bits) {
