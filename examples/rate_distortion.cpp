@@ -1,6 +1,6 @@
 // Rate-distortion demo: svq's PVQ matrix codec at target bits per weight on
 // the synthetic sets of docs/design.md, "Synthetic sets" (4096 x 4096 iid Gaussian and Student-t(4))
-// and on the trained weights of stories260K (when ../shared/data has them),
+// and on the trained weights of stories260K (when SVQ_DATA_DIR has them),
 // next to a round-to-nearest baseline (groups of 32, absmax int-b, fp16 scale)
 // measured in the same run.
 //
