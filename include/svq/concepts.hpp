@@ -5,7 +5,7 @@
 // satisfy them and types that must not.
 #pragma once
 
-#include <svq/pvq/count.hpp>  // IndexType
+#include <svq/core/wide_uint.hpp>  // IndexType
 
 #include <concepts>
 #include <cstddef>

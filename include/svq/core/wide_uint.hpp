@@ -366,6 +366,11 @@ std::string to_decimal(const T& v) {
         return fmt::format("{}", v);
 }
 
+// An index type: a built-in unsigned integer or a svq::wide_uint (the PVQ
+// indices, pvq/count.hpp and the concepts of concepts.hpp).
+template <class T>
+concept IndexType = (std::unsigned_integral<T> && !std::same_as<T, bool>) || detail::is_wide_uint<T>::value;
+
 }  // namespace svq
 
 template <std::size_t Bits>

@@ -23,10 +23,6 @@
 
 namespace svq {
 
-// An index type: a built-in unsigned integer or a svq::wide_uint.
-template <class T>
-concept IndexType = (std::unsigned_integral<T> && !std::same_as<T, bool>) || detail::is_wide_uint<T>::value;
-
 namespace detail {
 
 // V(n, k) for one (n, k) by the row recurrence; nullopt when some V(m, j),
