@@ -190,6 +190,39 @@ TEST_CASE("bad input gives typed errors that name the value") {
     REQUIRE_THROWS_WITH(svq::quantize(w, rows, cols, {.target_bpw = -2.0}), Catch::Contains("-2"));
 }
 
+TEST_CASE("shapes whose entry count wraps size_t are refused, not read past the buffer") {
+    // (2^63 + 1) x 2 wraps to 2 entries and 2^32 x 2^32 to none: a size check
+    // on the wrapped product passed and the reads ran past w.
+    const std::vector<float> two = {1.0f, -1.0f};
+    const std::size_t huge = (std::size_t{1} << 63) + 1, half = std::size_t{1} << 32;
+    const svq::matrix_config c = explicit_config(1, 1, 1, 16, false);
+    REQUIRE_THROWS_AS(svq::quantize(two, huge, 2, c), svq::overflow_error);
+    REQUIRE_THROWS_WITH(svq::quantize(two, huge, 2, c), Catch::Contains("9223372036854775809 x 2"));
+    REQUIRE_THROWS_AS(svq::quantize(std::span<const float>(), half, half, c), svq::overflow_error);
+    REQUIRE_THROWS_AS(svq::quantize(two, huge, 2, {.target_bpw = 3.0}), svq::overflow_error);
+    REQUIRE_THROWS_AS(svq::rtn_quantize(two, huge, 2, {4, 32}), svq::overflow_error);
+    REQUIRE_THROWS_AS(svq::rtn_matrix(huge, 2, {4, 32}, {1, 1}, {0}), svq::overflow_error);
+    const std::vector<double> h = {1.0, 0.0, 0.0, 1.0};
+    REQUIRE_THROWS_AS(svq::quantize(two, huge, 2, {.config = c, .hessian = h}), svq::overflow_error);
+    REQUIRE_THROWS_AS(svq::proxy_loss(two, two, huge, 2, h), svq::overflow_error);
+    // A layout whose payload bits wrap (rows fit, rows x bits per row does not).
+    REQUIRE_THROWS_AS(svq::make_layout(std::size_t{1} << 60, 64, explicit_config(16, 20, 4, 16, false)),
+                      svq::overflow_error);
+}
+
+TEST_CASE("too few columns for any PVQ group: the message says why and what works") {
+    const std::size_t rows = 1000, cols = 8;
+    const std::vector<float> w = svq::examples::gaussian_matrix(rows, cols, 3);
+    REQUIRE_THROWS_AS(svq::quantize(w, rows, cols, {.target_bpw = 3.0}), svq::invalid_argument);
+    REQUIRE_THROWS_WITH(svq::quantize(w, rows, cols, {.target_bpw = 3.0}),
+                        Catch::Contains("every group size tried (8, 16, 32, 64, 128) is >= its 8 columns") &&
+                            !Catch::Contains("inf"));
+    // What it suggests works: a group narrower than the row.
+    svq::auto_config_options narrow;
+    narrow.group_dims = {4};
+    REQUIRE(svq::quantize(w, rows, cols, {.target_bpw = 3.0, .choice = narrow}).bits_per_weight() <= 3.0);
+}
+
 TEST_CASE("corrupted packed data is detected") {
     const std::size_t rows = 4, cols = 64;
     const std::vector<float> w = svq::examples::gaussian_matrix(rows, cols, 18);

@@ -9,6 +9,15 @@
 
 namespace svq::detail {
 
+// rows * cols, or svq::overflow_error naming the shape when the product
+// does not fit std::size_t (a size check on the wrapped product would pass
+// and the reads run past the buffer).
+inline std::size_t checked_size(std::size_t rows, std::size_t cols, const char* who) {
+    if (cols != 0 && rows > static_cast<std::size_t>(-1) / cols)
+        throw overflow_error(fmt::format("{}: a {} x {} matrix has more entries than a size_t holds", who, rows, cols));
+    return rows * cols;
+}
+
 // The shapes of a product Y = W X with W rows x cols and `batch` vectors.
 inline void check_gemv_shapes(std::size_t xs, std::size_t ys, std::size_t batch, std::size_t rows, std::size_t cols,
                               const char* who) {

@@ -117,6 +117,11 @@ inline matrix_layout make_layout(std::size_t rows, std::size_t cols, const matri
     if (l.index_bits > max_index_bits)
         throw overflow_error(fmt::format("PVQ index of N={}, K={} needs {} bits; the matrix codec holds at most {}",
                                          c.group_dim, c.pulses, l.index_bits, max_index_bits));
+    // Every size the layout computes (rows * cols, rows * bits_per_row + 63) fits a size_t.
+    const std::size_t max = static_cast<std::size_t>(-1);
+    if (rows > max / cols || rows > (max - 63) / l.bits_per_row())
+        throw overflow_error(fmt::format("a {} x {} matrix ({} bits per row) has more bits than a size_t holds", rows,
+                                         cols, l.bits_per_row()));
     return l;
 }
 

@@ -10,6 +10,7 @@
 // not a silent fallback. docs/hessian.md has the mathematics.
 #pragma once
 
+#include <svq/core/checks.hpp>
 #include <svq/error.hpp>
 
 #include <svq/core/eigen.hpp>
@@ -138,7 +139,8 @@ private:
 // over the calibration tokens when H = X^T X / n.
 inline double proxy_loss(std::span<const float> w, std::span<const float> wq, std::size_t rows, std::size_t cols,
                          std::span<const double> h) {
-    if (w.size() != rows * cols || wq.size() != rows * cols)
+    const std::size_t n = detail::checked_size(rows, cols, "proxy_loss");
+    if (w.size() != n || wq.size() != n)
         throw invalid_argument(fmt::format("proxy_loss: sizes {} and {} for a {} x {} matrix", w.size(), wq.size(),
                                            rows, cols));
     detail::check_hessian_shape(h, cols, "proxy_loss");

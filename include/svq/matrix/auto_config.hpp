@@ -15,6 +15,7 @@
 #include <svq/matrix/quantized_matrix.hpp>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <cmath>
@@ -157,6 +158,12 @@ inline config_candidate choose_config(std::span<const float> w, std::size_t rows
             c.rotate = opt.rotate;
             smallest = std::min(smallest, make_layout(rows, cols, c).bits_per_weight());
         }
+        if (!std::isfinite(smallest))
+            throw invalid_argument(fmt::format(
+                "no PVQ configuration fits a {} x {} matrix: every group size tried ({}) is >= its {} columns, and a "
+                "group must be narrower than the row (give auto_config_options::group_dims a size below {}, an "
+                "explicit configuration, or use RTN)",
+                rows, cols, fmt::join(opt.group_dims, ", "), cols, cols));
         throw invalid_argument(fmt::format(
             "no PVQ configuration of a {} x {} matrix reaches {} bits per weight (the smallest is {:.4f})", rows,
             cols, target_bpw, smallest));

@@ -133,7 +133,7 @@ private:
 
 inline void check_matrix(std::span<const float> w, std::size_t rows, std::size_t cols, const char* who) {
     if (rows == 0 || cols == 0) throw invalid_argument(fmt::format("{}: matrix shape {} x {} is empty", who, rows, cols));
-    if (w.size() != rows * cols)
+    if (w.size() != checked_size(rows, cols, who))
         throw invalid_argument(
             fmt::format("{}: {} values for a {} x {} matrix (need {})", who, w.size(), rows, cols, rows * cols));
     for (std::size_t i = 0; i < w.size(); ++i) {

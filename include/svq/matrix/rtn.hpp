@@ -63,7 +63,7 @@ public:
         : rows_(rows), cols_(cols), config_(config), codes_(std::move(codes)), scales_(std::move(scales)) {
         detail::check_rtn_config(config);
         if (rows == 0 || cols == 0) throw invalid_argument(fmt::format("rtn_matrix: shape {} x {} is empty", rows, cols));
-        if (codes_.size() != rows * cols || scales_.size() != rows * groups_per_row())
+        if (codes_.size() != detail::checked_size(rows, cols, "rtn_matrix") || scales_.size() != rows * groups_per_row())
             throw corrupt_data(fmt::format("rtn_matrix {} x {}: {} codes and {} scales, need {} and {}", rows, cols,
                                            codes_.size(), scales_.size(), rows * cols, rows * groups_per_row()));
         const int lo = -(1 << (config.bits - 1)), hi = (1 << (config.bits - 1)) - 1;
@@ -135,7 +135,7 @@ private:
 inline rtn_matrix rtn_quantize(std::span<const float> w, std::size_t rows, std::size_t cols, const rtn_config& config) {
     detail::check_rtn_config(config);
     if (rows == 0 || cols == 0) throw invalid_argument(fmt::format("rtn_quantize: matrix shape {} x {} is empty", rows, cols));
-    if (w.size() != rows * cols)
+    if (w.size() != detail::checked_size(rows, cols, "rtn_quantize"))
         throw invalid_argument(fmt::format("rtn_quantize: {} values for a {} x {} matrix", w.size(), rows, cols));
     const std::size_t groups = (cols + config.group - 1) / config.group;
     std::vector<std::int8_t> codes(rows * cols);
