@@ -58,15 +58,8 @@ class mse_row_encoder {
 public:
     mse_row_encoder(const Format& format, const search_options& search) : f_(format), search_(search) {}
 
-    // x: cols floats, already rotated, finite. Appends the row to out.
-    void encode_row(const float* x, bit_writer& out) const {
-        std::vector<int> y(f_.layout().cols);
-        std::vector<std::uint32_t> codes(f_.groups());
-        const std::uint32_t scale_code = plan_row(x, y.data(), codes.data());
-        f_.write_row(scale_code, y.data(), codes.data(), out);
-    }
-
-    // Points y (cols ints) and gain codes (groups()) of x; returns the row scale code.
+    // Points y (cols ints) and gain codes (groups()) of x (cols floats, already
+    // rotated, finite); returns the row scale code.
     std::uint32_t plan_row(const float* x, int* y, std::uint32_t* codes) const {
         const std::size_t groups = f_.groups();
         std::vector<double> gains(groups);
@@ -93,25 +86,23 @@ public:
         return scale_code;
     }
 
-    // The row scale code encode_row would store for x.
+    // The row scale code plan_row gives x.
     std::uint32_t row_scale_code(const float* x) const {
         std::vector<int> y(f_.layout().cols);
         std::vector<std::uint32_t> codes(f_.groups());
         return plan_row(x, y.data(), codes.data());
     }
 
-    // Appends x's row with a given row scale code: the points of encode_row's
-    // search, each gain code the nearest level to the optimal gain over the
-    // decoded scale (requantize).
-    void encode_row_with_scale(const float* x, std::uint32_t scale_code, bit_writer& out) const {
-        std::vector<int> y(f_.layout().cols);
-        std::vector<std::uint32_t> codes(f_.groups());
+    // plan_row for a given row scale code (requantize): the points of
+    // plan_row's search, each gain code the nearest level to the optimal gain
+    // over the decoded scale. Returns scale_code.
+    std::uint32_t plan_row_with_scale(const float* x, std::uint32_t scale_code, int* y, std::uint32_t* codes) const {
         std::vector<double> gains(f_.groups());
-        search_row(x, y.data(), gains.data());
+        search_row(x, y, gains.data());
         const double stored = f_.scales().decode(scale_code);
         for (std::size_t j = 0; j < gains.size(); ++j)
             codes[j] = stored > 0.0 ? f_.gain_code(j, gains[j] / stored) : 0;
-        f_.write_row(scale_code, y.data(), codes.data(), out);
+        return scale_code;
     }
 
     // Each group's point (y: cols ints) and optimal gain (gains: groups()).
@@ -205,6 +196,8 @@ public:
     // The writer and reader of the rows (shared by copies of the matrix; a
     // default-constructed matrix has none: rows() == 0).
     const Format& format() const noexcept { return *format_; }
+    // The same, shared (what a matrix re-encoded in this format reuses).
+    const std::shared_ptr<const Format>& shared_format() const noexcept { return format_; }
     // The Hadamard rotation of a rotated matrix, else null.
     const hadamard_rotation* rotation() const noexcept { return rotation_.get(); }
     float reference_scale() const noexcept { return format_ ? format_->scales().ref : 0.0f; }
@@ -323,6 +316,47 @@ private:
 // Format version 3: the matrix quantize returns and every decoder reads.
 using quantized_matrix = basic_quantized_matrix<row_format>;
 
+namespace detail {
+
+// The payload words of w (the format's rows x cols, row-major, checked): each
+// row rotated first when config.rotate, then plan(r, row, y, codes) gives its
+// points, gain codes and row scale code, and the format's writer appends it.
+// Blocks of rows are planned over `threads` (0: all cores) and written in
+// order, so the words do not depend on the count; progress(rows done, rows),
+// when set, follows each block on the calling thread.
+template <class Format, class Plan>
+std::vector<std::uint64_t> encode_rows(const Format& format, std::span<const float> w, const matrix_config& config,
+                                       unsigned threads, const std::function<void(std::size_t, std::size_t)>& progress,
+                                       Plan&& plan) {
+    const matrix_layout& l = format.layout();
+    std::optional<hadamard_rotation> rotation;
+    if (config.rotate) rotation.emplace(l.cols, config.seed);
+    const std::size_t rows = l.rows, cols = l.cols, groups = l.groups_per_row();
+    const unsigned t = threads == 0 ? std::max(1u, std::thread::hardware_concurrency()) : threads;
+    const std::size_t block = t == 1 ? 1 : 64 * std::size_t{t};
+    std::vector<int> points(block * cols);
+    std::vector<std::uint32_t> codes(block * groups), scale_codes(block);
+    bit_writer out;
+    for (std::size_t r0 = 0; r0 < rows; r0 += block) {
+        const std::size_t n = std::min(block, rows - r0);
+        parallel_slices(n, t, [&](std::size_t first, std::size_t end) {
+            std::vector<float> row(cols), scratch(rotation ? rotation->scratch_size() : 0);
+            for (std::size_t i = first; i < end; ++i) {
+                std::copy_n(w.data() + (r0 + i) * cols, cols, row.data());
+                if (rotation) rotation->forward(row, scratch);
+                scale_codes[i] = plan(r0 + i, static_cast<const float*>(row.data()), points.data() + i * cols,
+                                      codes.data() + i * groups);
+            }
+        });
+        for (std::size_t i = 0; i < n; ++i)
+            format.write_row(scale_codes[i], points.data() + i * cols, codes.data() + i * groups, out);
+        if (progress) progress(r0 + n, rows);
+    }
+    return std::move(out).take();
+}
+
+}  // namespace detail
+
 // The plain search (MatrixSearch, concepts.hpp): every row independently,
 // each group's point by the MSE search (pvq/search.hpp, config.search), the
 // row scale and gain codes as in the file comment. Rows are split over `threads` (0: all
@@ -334,54 +368,13 @@ struct mse_search {
 
     template <class Format>
     std::vector<std::uint64_t> encode(const Format& format, std::span<const float> w, const matrix_config& config) const {
-        const matrix_layout& l = format.layout();
         const detail::mse_row_encoder<Format> encoder(format, config.search);
-        std::optional<hadamard_rotation> rotation;
-        if (config.rotate) rotation.emplace(l.cols, config.seed);
-        const std::size_t rows = l.rows, cols = l.cols, groups = l.groups_per_row();
-        const unsigned t = threads == 0 ? std::max(1u, std::thread::hardware_concurrency()) : threads;
-        const std::size_t block = t == 1 ? 1 : 64 * std::size_t{t};  // rows planned in parallel, then written in order
-        std::vector<int> points(block * cols);
-        std::vector<std::uint32_t> codes(block * groups), scale_codes(block);
-        bit_writer out;
-        for (std::size_t r0 = 0; r0 < rows; r0 += block) {
-            const std::size_t n = std::min(block, rows - r0);
-            detail::parallel_slices(n, t, [&](std::size_t first, std::size_t end) {
-                std::vector<float> row(cols), scratch(rotation ? rotation->scratch_size() : 0);
-                for (std::size_t i = first; i < end; ++i) {
-                    std::copy_n(w.data() + (r0 + i) * cols, cols, row.data());
-                    if (rotation) rotation->forward(row, scratch);
-                    scale_codes[i] = encoder.plan_row(row.data(), points.data() + i * cols, codes.data() + i * groups);
-                }
-            });
-            for (std::size_t i = 0; i < n; ++i)
-                format.write_row(scale_codes[i], points.data() + i * cols, codes.data() + i * groups, out);
-            if (progress) progress(r0 + n, rows);
-        }
-        return std::move(out).take();
+        return detail::encode_rows(format, w, config, threads, progress,
+                                   [&](std::size_t, const float* row, int* y, std::uint32_t* codes) {
+                                       return encoder.plan_row(row, y, codes);
+                                   });
     }
 };
-
-namespace detail {
-
-// The words of w (rows x cols, row-major, checked) encoded row by row:
-// encode(r, row, out) appends row r, rotated first when config.rotate.
-template <class Encode>
-std::vector<std::uint64_t> encode_rows(std::span<const float> w, std::size_t rows, std::size_t cols,
-                                       const matrix_config& config, Encode&& encode) {
-    std::optional<hadamard_rotation> rotation;
-    if (config.rotate) rotation.emplace(cols, config.seed);
-    bit_writer out;
-    std::vector<float> row(cols), scratch(rotation ? rotation->scratch_size() : 0);
-    for (std::size_t r = 0; r < rows; ++r) {
-        std::copy_n(w.data() + r * cols, cols, row.data());
-        if (rotation) rotation->forward(row, scratch);
-        encode(r, static_cast<const float*>(row.data()), out);
-    }
-    return std::move(out).take();
-}
-
-}  // namespace detail
 
 // The matrix codec: w (row-major rows x cols) quantized with an explicit
 // configuration in the row format Format (its shape code and gain quantizers,
@@ -421,12 +414,13 @@ inline std::vector<float> dequantize(const quantized_matrix& q) { return q.dequa
 template <class Format>
 basic_quantized_matrix<Format> requantize(const basic_quantized_matrix<Format>& like, std::span<const float> w) {
     detail::check_matrix(w, like.rows(), like.cols(), "requantize");
-    const detail::mse_row_encoder<Format> encoder(like.format(), like.config().search);
-    return basic_quantized_matrix<Format>(
-        like.rows(), like.cols(), like.config(), like.reference_scale(),
-        detail::encode_rows(w, like.rows(), like.cols(), like.config(), [&](std::size_t r, const float* row, bit_writer& out) {
-            encoder.encode_row_with_scale(row, like.format().read_scale_code(like.words(), r), out);
-        }), like.format().gains());
+    const Format& format = like.format();
+    const detail::mse_row_encoder<Format> encoder(format, like.config().search);
+    std::vector<std::uint64_t> words =
+        detail::encode_rows(format, w, like.config(), 1, {}, [&](std::size_t r, const float* row, int* y, std::uint32_t* codes) {
+            return encoder.plan_row_with_scale(row, format.read_scale_code(like.words(), r), y, codes);
+        });
+    return basic_quantized_matrix<Format>(like.shared_format(), like.config(), std::move(words));
 }
 
 }  // namespace svq
