@@ -54,14 +54,12 @@ public:
     explicit matrix_decoder(const quantized_matrix& q)
         : q_(&q),
           f_(&q.format()),
-          l_(q.layout()),
-          gain_levels_(levels_of(0)) {
-        if (l_.tail_dim != 0) tail_levels_ = levels_of(l_.full_groups);
+          l_(q.layout()) {
         rotation_ = q.rotation();
         integer_ = detail::integer_stage_rotation(l_, rotation_);
         if (full_index().dense()) {
-            units_1_ = detail::dense_units(gain_levels_, l_.pulses, 1.0);
-            if (integer_) units_n_ = detail::dense_units(gain_levels_, l_.pulses, static_cast<double>(l_.cols));
+            units_1_ = detail::dense_units(f_->gain_levels(0), l_.pulses, 1.0);
+            if (integer_) units_n_ = detail::dense_units(f_->gain_levels(0), l_.pulses, static_cast<double>(l_.cols));
         }
     }
     explicit matrix_decoder(const quantized_matrix&& q) = delete;
@@ -162,11 +160,6 @@ public:
     }
 
 private:
-    std::vector<double> levels_of(std::size_t group) const {
-        const std::span<const double> levels = f_->gain_levels(group);
-        return {levels.begin(), levels.end()};
-    }
-
     // Per-thread buffers of decode_row_impl.
     struct row_scratch {
         std::vector<std::uint64_t> index;  // the row's full-group indices, limbs() words each
@@ -235,7 +228,7 @@ private:
         if (l_.tail_dim != 0) {
             int* yt = y + full * n;
             f_->unrank_tail(sc.tail_index.data(), yt);
-            const float factor = detail::group_factor(s, tail_levels_[codes[full]], yt, l_.tail_dim);
+            const float factor = f_->factor(s, full, f_->gain_level(full, codes[full]), yt);
             detail::scale_pulses(yt, factor, out + full * n, l_.tail_dim);
         }
     }
@@ -252,11 +245,9 @@ private:
         const std::uint32_t* codes = sc.codes.data();
         f_->unrank_points(sc.index.data(), sc.tail_index.data(), sc.y.data(), sc.ws);
         for (std::size_t j = 0; j < groups; ++j) {
-            const bool full = j < l_.full_groups;
-            const std::size_t dim = full ? l_.group_dim : l_.tail_dim;
+            const std::size_t dim = f_->group_dim(j);
             const int* y = sc.y.data() + j * l_.group_dim;
-            const double level = (full ? gain_levels_ : tail_levels_)[codes[j]];
-            const float factor = detail::group_factor_of(s, level, detail::pulse_energy(y, dim), norm);
+            const float factor = f_->factor(s, j, f_->gain_level(j, codes[j]), y, norm);
             if (out != nullptr) detail::scale_pulses(y, factor, out + j * l_.group_dim, dim);
             on_group(j * l_.group_dim, y, dim, factor);
         }
@@ -265,7 +256,6 @@ private:
     const quantized_matrix* q_;
     const row_format* f_;  // q's
     matrix_layout l_;
-    std::vector<double> gain_levels_, tail_levels_;
     const hadamard_rotation* rotation_ = nullptr;  // q's
     bool integer_ = false;  // detail::integer_stage_rotation
     detail::dense_units units_1_, units_n_;  // dense path: norm 1 and cols
