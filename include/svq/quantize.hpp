@@ -57,9 +57,9 @@ inline quantized_matrix quantize(std::span<const float> w, std::size_t rows, std
             "quantize: give exactly one of an explicit configuration and a target bits per weight (config {}, "
             "target_bpw {})",
             options.config ? to_string(*options.config) : std::string("none"), options.target_bpw));
-    detail::check_matrix(w, rows, cols, "quantize");
+    // The matrix and the Hessian's shape are checked by choose_config (a
+    // target) and by quantize_with, not here again.
     const bool hessian = !options.hessian.empty();
-    if (hessian) detail::check_hessian_shape(options.hessian, cols, "quantize (Hessian)");
     gptq_options gptq = options.gptq;
     if (options.threads != 1) gptq.threads = options.threads;
     const matrix_config config =
