@@ -21,6 +21,7 @@ set(layer_hessian 6)
 set(layer_quantize.hpp 7)
 set(layer_crvq 8)
 set(layer_kernels 9)
+set(layer_io 9)
 set(layer_model 10)
 set(layer_svq.hpp 11)
 

@@ -16,7 +16,10 @@ install(DIRECTORY "${PROJECT_SOURCE_DIR}/include/svq"
 
 # The exported target keeps cxx_std_20 and the $<INSTALL_INTERFACE:include>
 # directory from the build target; svq_project_options is deliberately absent.
-install(TARGETS svq EXPORT svqTargets)
+install(TARGETS svq svq_io EXPORT svqTargets)
+if(SVQ_XXHASH_FETCHED)
+    install(FILES "${SVQ_XXHASH_INCLUDE_DIR}/xxhash.h" DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}")
+endif()
 install(EXPORT svqTargets
         NAMESPACE svq::
         DESTINATION "${SVQ_INSTALL_CMAKEDIR}")

@@ -1,6 +1,7 @@
 // IEEE 754 binary16 conversion for stored scales (C++20 has no std::float16_t).
 // Round to nearest even; overflow saturates to the largest finite half
 // (65504) because a scale must stay finite; subnormals are kept.
+// bfloat16 (the top 16 bits of a float) for checkpoints stored in BF16.
 #pragma once
 
 #include <bit>
@@ -38,6 +39,16 @@ inline float half_to_float(std::uint16_t h) noexcept {
     }
     if (exp == 31) return std::bit_cast<float>(sign | 0x7f800000u | (man << 13));
     return std::bit_cast<float>(sign | ((exp + 112u) << 23) | (man << 13));
+}
+
+// bfloat16 -> float: exact (the bits are the float's top half).
+inline float bf16_to_float(std::uint16_t b) noexcept { return std::bit_cast<float>(static_cast<std::uint32_t>(b) << 16); }
+
+// float -> bfloat16, round to nearest even; NaN stays NaN, overflow rounds to infinity.
+inline std::uint16_t float_to_bf16(float value) noexcept {
+    const std::uint32_t bits = std::bit_cast<std::uint32_t>(value);
+    if (std::isnan(value)) return static_cast<std::uint16_t>((bits >> 16) | 0x40u);
+    return static_cast<std::uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
 }
 
 }  // namespace svq

@@ -166,25 +166,54 @@ public:
     // that row is decoded.
     basic_quantized_matrix(std::size_t rows, std::size_t cols, const matrix_config& config, float reference_scale,
                            std::vector<std::uint64_t> words, const gains_type& gains = {})
-        : config_(config), words_(std::move(words)) {
-        const matrix_layout layout = make_layout(rows, cols, config);
-        if (words_.size() != layout.payload_words())
-            throw corrupt_data(fmt::format("quantized matrix {} x {} ({}) needs {} words of payload, got {}", rows,
-                                           cols, to_string(config), layout.payload_words(), words_.size()));
-        if (!std::isfinite(reference_scale) || reference_scale < 0.0f)
-            throw corrupt_data(fmt::format("reference scale {} is not finite and >= 0", reference_scale));
-        format_ = std::make_shared<const Format>(layout, reference_scale, gains);
-        if (config_.rotate) rotation_ = std::make_shared<const hadamard_rotation>(cols, config_.seed);
-    }
+        : basic_quantized_matrix(rows, cols, config, reference_scale, own(std::move(words)), gains) {}
+    // The same over words that stay where they are (a mapped file's): `words`
+    // must stay valid while `keep` (e.g. the file's mapping) is held, and the
+    // matrix and its copies hold it.
+    basic_quantized_matrix(std::size_t rows, std::size_t cols, const matrix_config& config, float reference_scale,
+                           std::span<const std::uint64_t> words, std::shared_ptr<const void> keep,
+                           const gains_type& gains = {})
+        : basic_quantized_matrix(rows, cols, config, reference_scale, shared_words{words, std::move(keep)}, gains) {}
     // The same from a format already built (an encoder's).
     basic_quantized_matrix(std::shared_ptr<const Format> format, const matrix_config& config,
                            std::vector<std::uint64_t> words)
-        : config_(config), words_(std::move(words)), format_(std::move(format)) {
-        if (words_.size() != layout().payload_words())
-            throw corrupt_data(fmt::format("quantized matrix {} x {} ({}) needs {} words of payload, got {}", rows(),
-                                           cols(), to_string(config), layout().payload_words(), words_.size()));
+        : config_(config), format_(std::move(format)) {
+        set_words(own(std::move(words)));
         if (config_.rotate) rotation_ = std::make_shared<const hadamard_rotation>(cols(), config_.seed);
     }
+
+private:
+    // Words and what keeps them alive (an owned vector or a mapped file).
+    struct shared_words {
+        std::span<const std::uint64_t> words;
+        std::shared_ptr<const void> keep;
+    };
+    static shared_words own(std::vector<std::uint64_t> words) {
+        auto v = std::make_shared<const std::vector<std::uint64_t>>(std::move(words));
+        return {std::span<const std::uint64_t>(*v), v};
+    }
+    void set_words(shared_words w) {
+        if (w.words.size() != layout().payload_words())
+            throw corrupt_data(fmt::format("quantized matrix {} x {} ({}) needs {} words of payload, got {}", rows(),
+                                           cols(), to_string(config_), layout().payload_words(), w.words.size()));
+        words_ = w.words;
+        keep_ = std::move(w.keep);
+    }
+    basic_quantized_matrix(std::size_t rows, std::size_t cols, const matrix_config& config, float reference_scale,
+                           shared_words words, const gains_type& gains)
+        : config_(config) {
+        const matrix_layout layout = make_layout(rows, cols, config);
+        if (words.words.size() != layout.payload_words())
+            throw corrupt_data(fmt::format("quantized matrix {} x {} ({}) needs {} words of payload, got {}", rows,
+                                           cols, to_string(config), layout.payload_words(), words.words.size()));
+        if (!std::isfinite(reference_scale) || reference_scale < 0.0f)
+            throw corrupt_data(fmt::format("reference scale {} is not finite and >= 0", reference_scale));
+        format_ = std::make_shared<const Format>(layout, reference_scale, gains);
+        set_words(std::move(words));
+        if (config_.rotate) rotation_ = std::make_shared<const hadamard_rotation>(cols, config_.seed);
+    }
+
+public:
 
     std::size_t rows() const noexcept { return format_ ? layout().rows : 0; }
     std::size_t cols() const noexcept { return format_ ? layout().cols : 0; }
@@ -201,7 +230,10 @@ public:
     // The Hadamard rotation of a rotated matrix, else null.
     const hadamard_rotation* rotation() const noexcept { return rotation_.get(); }
     float reference_scale() const noexcept { return format_ ? format_->scales().ref : 0.0f; }
+    // The payload words (owned, or a mapped file's).
     std::span<const std::uint64_t> words() const noexcept { return words_; }
+    // What keeps words() alive (copies of the matrix share it).
+    const std::shared_ptr<const void>& words_owner() const noexcept { return keep_; }
 
     // Every stored bit: the payload words, the reference scale, the seed (when rotated).
     std::size_t stored_bits() const noexcept {
@@ -308,7 +340,8 @@ private:
     }
 
     matrix_config config_{};
-    std::vector<std::uint64_t> words_;
+    std::span<const std::uint64_t> words_;  // immutable, shared by copies
+    std::shared_ptr<const void> keep_;
     std::shared_ptr<const Format> format_;
     std::shared_ptr<const hadamard_rotation> rotation_;
 };
