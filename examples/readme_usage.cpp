@@ -1,3 +1,4 @@
+#include <svq/io/quantized_file.hpp>  // files: target svq::io
 #include <svq/svq.hpp>
 
 #include <cstdio>
@@ -23,5 +24,11 @@ int main() {
     std::vector<float> x(cols, 1.0f), y(rows);
     decoder.gemv(x, y);
     std::printf("y[0] = %.5f\n", y[0]);
+
+    // Save it in a safetensors file (words, scale, configuration, checksums) and map it
+    // back: the loaded matrix decodes and multiplies straight from the file's pages.
+    svq::save("w.svq.safetensors", "layers.0.w", q);
+    const svq::quantized_matrix loaded = svq::load("w.svq.safetensors").pvq("layers.0.w");
+    std::printf("loaded from the file: %s\n", loaded.dequantize() == back ? "identical" : "DIFFERENT");
     return 0;
 }

@@ -2,13 +2,16 @@
 // installed svq, fetchcontent/ against the source tree) and ctest runs: it
 // includes the whole public surface through the umbrella header, as a user
 // would, and checks that the headers, include directory, C++20 requirement
-// and dependency targets (fmt is a compiled library, so linking too) work.
+// and dependency targets (fmt is a compiled library, so linking too) work;
+// svq::io (nlohmann-json, xxHash) writes and maps back a quantized file.
 // SVQ_CONSUMER names the consumer.
+#include <svq/io/quantized_file.hpp>
 #include <svq/svq.hpp>
 
 #include <fmt/format.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -30,9 +33,18 @@ int main() {
     svq::detail::normal_sampler normal(1);
     std::vector<float> w(rows * cols);
     for (float& v : w) v = static_cast<float>(normal.next());
-    const double sqnr = svq::sqnr_db(w, svq::quantize(w, rows, cols, {.target_bpw = 3.0}).dequantize());
+    const svq::quantized_matrix q = svq::quantize(w, rows, cols, {.target_bpw = 3.0});
+    const double sqnr = svq::sqnr_db(w, q.dequantize());
     if (!(sqnr > 12.0)) {
         std::fprintf(stderr, "3 bpw round trip gave %.2f dB\n", sqnr);
+        return 1;
+    }
+    const std::filesystem::path file = std::filesystem::temp_directory_path() / ("svq_consumer_" + std::string(SVQ_CONSUMER) + ".safetensors");
+    svq::save(file, "w", q);
+    const bool same = svq::load(file).pvq("w").dequantize() == q.dequantize();
+    std::filesystem::remove(file);
+    if (!same) {
+        std::fprintf(stderr, "the file round trip changed the matrix\n");
         return 1;
     }
     const std::string arch(svq::simd::arch_name());
