@@ -5,6 +5,9 @@
 
 #include <common/synthetic.hpp>
 
+#include <common/activations.hpp>
+
+#include <svq/hessian/calibration.hpp>
 #include <svq/matrix/auto_config.hpp>
 #include <svq/matrix/metrics.hpp>
 #include <svq/matrix/quantized_matrix.hpp>
@@ -15,11 +18,18 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <random>
+#include <span>
 #include <vector>
 
 namespace {
 
 using svq::test::explicit_config;
+
+// SQNR of row r of a rows x cols matrix against its reconstruction.
+double row_sqnr_db(const std::vector<float>& w, const std::vector<float>& back, std::size_t cols, std::size_t r) {
+    return svq::sqnr_db(std::span<const float>(w.data() + r * cols, cols), std::span<const float>(back.data() + r * cols, cols));
+}
 
 }  // namespace
 
@@ -327,4 +337,106 @@ TEST_CASE("requantize keeps the format and row scales: a decoded matrix comes ba
     std::vector<float> bad = w;
     bad[3] = std::numeric_limits<float>::quiet_NaN();
     REQUIRE_THROWS_AS(svq::requantize(q, bad), svq::invalid_argument);
+}
+
+TEST_CASE("weights near FLT_MAX quantize like the same weights scaled down, not to zeros or infinities") {
+    // Magnitudes 1e37 .. 3e38 with random signs: float sums over a row (the
+    // rotation's stages, a row's energy) overflow, and reconstructions can
+    // pass FLT_MAX. The scaled-down copy (times 2^-128, exact) is the reference.
+    const std::size_t rows = 64, cols = 256;
+    std::mt19937 gen(20240611);
+    std::uniform_real_distribution<float> magnitude(1e37f, 3e38f);
+    std::vector<float> huge(rows * cols), small(rows * cols);
+    for (std::size_t i = 0; i < huge.size(); ++i) {
+        huge[i] = (gen() & 1) != 0 ? magnitude(gen) : -magnitude(gen);
+        small[i] = std::ldexp(huge[i], -128);
+    }
+    const auto check = [&](const svq::quantized_matrix& q, const svq::quantized_matrix& reference) {
+        const std::vector<float> back = q.dequantize();
+        for (const float v : back) REQUIRE(std::isfinite(v));
+        const double sqnr = svq::sqnr_db(huge, back), expected = svq::sqnr_db(small, reference);
+        INFO(svq::to_string(q.config()) << ": SQNR " << sqnr << " dB, scaled down " << expected << " dB");
+        CHECK(std::isfinite(q.reference_scale()));
+        CHECK(sqnr > 10.0);
+        CHECK(sqnr > expected - 0.5);
+    };
+    for (const bool rotate : {false, true}) {
+        for (const unsigned scale_bits : {8u, 16u}) {
+            const svq::matrix_config c = explicit_config(32, 40, 4, scale_bits, rotate);
+            check(svq::quantize(huge, rows, cols, c), svq::quantize(small, rows, cols, c));
+        }
+    }
+    check(svq::quantize(huge, rows, cols, {.target_bpw = 3.0}), svq::quantize(small, rows, cols, {.target_bpw = 3.0}));
+    svq::hessian_accumulator acc(cols);
+    acc.add(svq::examples::correlated_activations(512, cols, 5), 512);
+    const std::vector<double> h = acc.damped_hessian(0.01);
+    check(svq::quantize(huge, rows, cols, {.target_bpw = 3.0, .hessian = h}),
+          svq::quantize(small, rows, cols, {.target_bpw = 3.0, .hessian = h}));
+}
+
+TEST_CASE("a matrix times 2^100 gets the same payload and 2^100 times the reference scale") {
+    // Above 2^64 the encoders work on the matrix divided by a power of two;
+    // every step is homogeneous, so nothing but the reference scale changes.
+    const std::size_t rows = 16, cols = 192;  // 192 = 3 x 64: a dense factor in the rotation
+    const std::vector<float> w = svq::examples::gaussian_matrix(rows, cols, 31);
+    std::vector<float> big(w.size());
+    for (std::size_t i = 0; i < w.size(); ++i) big[i] = std::ldexp(w[i], 100);
+    for (const bool rotate : {false, true}) {
+        for (const unsigned scale_bits : {8u, 16u}) {
+            const svq::matrix_config c = explicit_config(32, 40, 4, scale_bits, rotate);
+            const svq::quantized_matrix q = svq::quantize(w, rows, cols, c), qb = svq::quantize(big, rows, cols, c);
+            INFO(svq::to_string(c));
+            CHECK(qb.reference_scale() == std::ldexp(q.reference_scale(), 100));
+            CHECK(std::equal(q.words().begin(), q.words().end(), qb.words().begin(), qb.words().end()));
+        }
+    }
+}
+
+TEST_CASE("a row far below the others keeps its accuracy or is refused, never destroyed silently") {
+    const std::size_t rows = 64, cols = 256, small_row = 5;
+    const std::vector<float> gaussian = svq::examples::gaussian_matrix(rows, cols, 41);
+    const auto with_small_row = [&](float factor) {
+        std::vector<float> w = gaussian;
+        for (std::size_t c = 0; c < cols; ++c) w[small_row * cols + c] *= factor;
+        return w;
+    };
+    // The small row's SQNR within 3 dB of the worst other row.
+    const auto check_rows = [&](const std::vector<float>& w, const svq::quantized_matrix& q) {
+        const std::vector<float> back = q.dequantize();
+        double worst_other = std::numeric_limits<double>::infinity();
+        for (std::size_t r = 0; r < rows; ++r)
+            if (r != small_row) worst_other = std::min(worst_other, row_sqnr_db(w, back, cols, r));
+        const double small = row_sqnr_db(w, back, cols, small_row);
+        INFO(svq::to_string(q.config()) << ": small row " << small << " dB, worst other row " << worst_other << " dB");
+        CHECK(small > worst_other - 3.0);
+    };
+
+    // 1e-6 of the others: below the 8-bit log codes (2^-14.9), inside fp16's range.
+    const std::vector<float> w = with_small_row(1e-6f);
+    for (const bool rotate : {false, true}) {
+        CHECK_THROWS_AS(svq::quantize(w, rows, cols, explicit_config(32, 40, 4, 8, rotate)), svq::overflow_error);
+        CHECK_THROWS_WITH(svq::quantize(w, rows, cols, explicit_config(32, 40, 4, 8, rotate)),
+                          Catch::Contains("row 5:") && Catch::Contains("row_scale_bits = 16"));
+        check_rows(w, svq::quantize(w, rows, cols, explicit_config(32, 40, 4, 16, rotate)));
+    }
+    // The automatic choice leaves 8-bit row scales out for this matrix.
+    const svq::config_candidate choice = svq::choose_config(w, rows, cols, 3.0);
+    CHECK(choice.config.row_scale_bits == 16);
+    const svq::quantized_matrix automatic = svq::quantize(w, rows, cols, {.target_bpw = 3.0});
+    CHECK(automatic.config().row_scale_bits == 16);
+    check_rows(w, automatic);
+    // ... and keeps them where every row fits.
+    CHECK(svq::choose_config(gaussian, rows, cols, 3.0).config.row_scale_bits == 8);
+    // Only 8-bit widths allowed: refused, naming the row.
+    svq::auto_config_options only_8;
+    only_8.row_scale_bits = {8};
+    CHECK_THROWS_WITH(svq::choose_config(w, rows, cols, 3.0, only_8), Catch::Contains("row 5 "));
+
+    // 1e-9 of the others: fp16 of s / ref would round to zero (below 2^-25).
+    const std::vector<float> tiny = with_small_row(1e-9f);
+    for (const unsigned scale_bits : {8u, 16u})
+        CHECK_THROWS_WITH(svq::quantize(tiny, rows, cols, explicit_config(32, 40, 4, scale_bits, true)),
+                          Catch::Contains("row 5:") && Catch::Contains(scale_bits == 8 ? "8-bit" : "16-bit"));
+    CHECK_THROWS_AS(svq::quantize(tiny, rows, cols, {.target_bpw = 3.0}), svq::overflow_error);
+    CHECK_THROWS_WITH(svq::quantize(tiny, rows, cols, {.target_bpw = 3.0}), Catch::Contains("row 5 "));
 }

@@ -55,12 +55,32 @@ namespace detail {
 //  16 bits: fp16 of s / ref.
 //   8 bits: code c in 1..255 means ref * 2^((c - 239) / 16) (steps of 4.4%,
 //           from ref * 2^-14.9 to ref * 2); code 0 is a zero row.
+// Each width represents s / ref in [smallest_relative, largest_relative)
+// (represents()); outside it encode clamps (8 bits) or rounds to zero or
+// infinity (16 bits), so encoders refuse such a row instead of storing it.
 struct row_scale_codec {
     unsigned bits = 16;
     float ref = 0.0f;
 
     static constexpr int log_steps_per_octave = 16;
     static constexpr int log_code_of_ref = 239;
+
+    // 8 bits: the ratios whose code rounds into 1..255. 16 bits: fp16 keeps
+    // at least 3 significant bits (subnormals below 2^-22 keep fewer, and
+    // below 2^-25 round to zero) up to the largest finite fp16.
+    static double smallest_relative(unsigned bits) noexcept {
+        return bits == 16 ? std::ldexp(1.0, -22)
+                          : std::exp2((0.5 - log_code_of_ref) / static_cast<double>(log_steps_per_octave));
+    }
+    static double largest_relative(unsigned bits) noexcept {
+        return bits == 16 ? 65504.0
+                          : std::exp2((255.5 - log_code_of_ref) / static_cast<double>(log_steps_per_octave));
+    }
+    // Whether a row scale s > 0 is stored to the codec's resolution (s / ref in range).
+    bool represents(double s) const noexcept {
+        const double r = s / static_cast<double>(ref);
+        return r >= smallest_relative(bits) && r < largest_relative(bits);
+    }
 
     std::uint32_t encode(double s) const noexcept {
         if (!(s > 0.0) || !(ref > 0.0f)) return 0;

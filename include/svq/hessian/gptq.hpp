@@ -496,7 +496,7 @@ std::vector<std::uint64_t> gptq_encode(const std::vector<float>& wf, const Eigen
         std::vector<double> scratch(detail::pvq_search_scratch_size(layout.group_dim));
         std::vector<double> stored(r1 - r0);
         for (std::size_t r = r0; r < r1; ++r) {
-            scale_codes[r] = encoder.row_scale_code(wf.data() + r * cols);
+            scale_codes[r] = encoder.row_scale_code(wf.data() + r * cols, r);
             if (scale_factor != 1.0) scale_codes[r] = scales.encode(scales.decode(scale_codes[r]) * scale_factor);
             stored[r - r0] = scales.decode(scale_codes[r]);
             row_loss[r] = 0.0;
@@ -670,17 +670,24 @@ struct hooked_hessian_search {
 // of sample rows has the smallest proxy loss. Unlike choose_config (plain
 // SQNR), this sees that feedback favours small groups: on correlated
 // activations N = 8..16 wins where the plain criterion picks N = 128.
+// Row scale widths too narrow for some row are not tried (as in choose_config).
 // Throws as choose_config and as the Hessian quantize.
 inline config_candidate choose_config(std::span<const float> w, std::size_t rows, std::size_t cols,
                                       std::span<const double> h, double target_bpw,
-                                      const auto_config_options& opt = {}, const gptq_options& options = {}) {
-    detail::check_matrix(w, rows, cols, "choose_config (Hessian)");
+                                      const auto_config_options& choice = {}, const gptq_options& options = {}) {
+    const float peak = detail::check_matrix(w, rows, cols, "choose_config (Hessian)");
     detail::check_hessian_shape(h, cols, "choose_config (Hessian)");
+    auto_config_options opt = choice;
+    opt.row_scale_bits =
+        detail::usable_row_scale_bits(w, rows, cols, choice.row_scale_bits, "choose_config (Hessian)");
     std::vector<config_candidate> candidates = candidate_configs(rows, cols, target_bpw, opt);
     if (candidates.empty()) return choose_config(w, rows, cols, target_bpw, opt);  // throws the plain message
     const std::size_t sample = opt.sample_count(rows, cols);
     std::vector<float> x(sample * cols);
     for (std::size_t i = 0; i < sample; ++i) std::copy_n(w.data() + (i * rows / sample) * cols, cols, x.data() + i * cols);
+    // Magnitudes where float sums overflow are judged divided by a power of
+    // two (detail::prescale_exponent): the proxy losses scale alike.
+    if (const int shift = detail::prescale_exponent(peak); shift != 0) x = detail::prescaled(x, shift);
     const float ref = detail::reference_scale(x, sample, cols);
     // Sample rows in each basis tried and the factor for it.
     struct basis {

@@ -96,6 +96,39 @@ inline std::optional<std::size_t> largest_pulses(std::size_t rows, std::size_t c
     return lo;
 }
 
+// The row scale widths of `widths` that store every row of w (rows x cols):
+// 8-bit log codes reach 2^-14.9 of the reference scale (the largest row
+// RMS), fp16 2^-22 (row_scale_codec); below its range a row's scale would be
+// clamped or rounded to zero, which the encoder refuses, so such a width is
+// left out. Rows are judged by their RMS with an octave of margin (the row
+// scale the encoder fits is the RMS of the group gains, somewhat below the
+// row's RMS). Throws svq::overflow_error when a row is below every width.
+inline std::vector<unsigned> usable_row_scale_bits(std::span<const float> w, std::size_t rows, std::size_t cols,
+                                                   const std::vector<unsigned>& widths, const char* who) {
+    const std::vector<double> rms = row_rms(w, rows, cols);
+    const double ref = *std::max_element(rms.begin(), rms.end());
+    if (!(ref > 0.0)) return widths;
+    std::size_t smallest_row = 0;
+    double smallest = std::numeric_limits<double>::infinity();
+    for (std::size_t r = 0; r < rows; ++r) {
+        if (rms[r] > 0.0 && rms[r] / ref < smallest) {
+            smallest = rms[r] / ref;
+            smallest_row = r;
+        }
+    }
+    std::vector<unsigned> out;
+    for (const unsigned bits : widths)
+        if (smallest >= 2.0 * row_scale_codec::smallest_relative(bits)) out.push_back(bits);
+    if (out.empty() && !widths.empty())
+        throw overflow_error(fmt::format(
+            "{}: row {} has an RMS {:.4g} times the largest row RMS, too small for every row scale width tried ({} "
+            "bits; 8-bit row scales reach {:.4g} of the reference, 16-bit {:.4g}); scale the row up or quantize it "
+            "apart from the larger rows",
+            who, smallest_row, smallest, fmt::join(widths, ", "), row_scale_codec::smallest_relative(8),
+            row_scale_codec::smallest_relative(16)));
+    return out;
+}
+
 inline void check_target(double target) {
     if (!std::isfinite(target) || !(target > 0.0))
         throw invalid_argument(fmt::format("target bits per weight {} must be finite and > 0", target));
@@ -139,12 +172,16 @@ inline std::vector<config_candidate> candidate_configs(std::size_t rows, std::si
     return out;
 }
 
-// The candidate with the best SQNR on the sample rows. Throws
-// svq::invalid_argument when no configuration reaches the target (naming the
-// target and the smallest bpw possible) or for a bad matrix.
+// The candidate with the best SQNR on the sample rows. Row scale widths that
+// cannot store some row of w (detail::usable_row_scale_bits) are not tried.
+// Throws svq::invalid_argument when no configuration reaches the target
+// (naming the target and the smallest bpw possible) or for a bad matrix, and
+// svq::overflow_error when a row is too small for every row scale width.
 inline config_candidate choose_config(std::span<const float> w, std::size_t rows, std::size_t cols, double target_bpw,
-                                      const auto_config_options& opt = {}) {
+                                      const auto_config_options& options = {}) {
     detail::check_matrix(w, rows, cols, "choose_config");
+    auto_config_options opt = options;
+    opt.row_scale_bits = detail::usable_row_scale_bits(w, rows, cols, options.row_scale_bits, "choose_config");
     std::vector<config_candidate> candidates = candidate_configs(rows, cols, target_bpw, opt);
     if (candidates.empty()) {
         double smallest = std::numeric_limits<double>::infinity();

@@ -59,8 +59,11 @@ public:
     mse_row_encoder(const Format& format, const search_options& search) : f_(format), search_(search) {}
 
     // Points y (cols ints) and gain codes (groups()) of x (cols floats, already
-    // rotated, finite); returns the row scale code.
-    std::uint32_t plan_row(const float* x, int* y, std::uint32_t* codes) const {
+    // rotated, finite); returns the row scale code. Throws svq::overflow_error
+    // when the row scale is outside the range of the format's row scale codes
+    // (row_scale_codec::represents), naming `row` and the scale relative to
+    // the reference: clamped or rounded to zero, it would destroy the row.
+    std::uint32_t plan_row(const float* x, int* y, std::uint32_t* codes, std::size_t row) const {
         const std::size_t groups = f_.groups();
         std::vector<double> gains(groups);
         search_row(x, y, gains.data());
@@ -80,17 +83,18 @@ public:
                 s = gl / ll;
             }
         }
+        if (s > 0.0 && !f_.scales().represents(s)) throw scale_out_of_range(row, s);
         const std::uint32_t scale_code = f_.scales().encode(s);
         const double stored = f_.scales().decode(scale_code);
         for (std::size_t j = 0; j < groups; ++j) codes[j] = stored > 0.0 ? f_.gain_code(j, gains[j] / stored) : 0;
         return scale_code;
     }
 
-    // The row scale code plan_row gives x.
-    std::uint32_t row_scale_code(const float* x) const {
+    // The row scale code plan_row gives x (row `row`; throws as plan_row).
+    std::uint32_t row_scale_code(const float* x, std::size_t row) const {
         std::vector<int> y(f_.layout().cols);
         std::vector<std::uint32_t> codes(f_.groups());
-        return plan_row(x, y.data(), codes.data());
+        return plan_row(x, y.data(), codes.data(), row);
     }
 
     // plan_row for a given row scale code (requantize): the points of
@@ -118,29 +122,72 @@ public:
     }
 
 private:
+    overflow_error scale_out_of_range(std::size_t row, double s) const {
+        const row_scale_codec& c = f_.scales();
+        const unsigned bits = c.bits;
+        return overflow_error(fmt::format(
+            "row {}: its scale is {:.4g} times the matrix reference scale (the largest row RMS), outside the range "
+            "{:.4g} .. {:.4g} of {}-bit row scales; {}",
+            row, s / static_cast<double>(c.ref), row_scale_codec::smallest_relative(bits),
+            row_scale_codec::largest_relative(bits), bits,
+            bits == 16 ? "scale the row up or quantize it apart from the larger rows"
+                       : "use row_scale_bits = 16 (fp16 row scales reach 2^-22 of the reference)"));
+    }
+
     const Format& f_;
     search_options search_;
 };
 
-inline void check_matrix(std::span<const float> w, std::size_t rows, std::size_t cols, const char* who) {
+// Checks w (rows x cols, every weight finite) and returns its largest magnitude.
+inline float check_matrix(std::span<const float> w, std::size_t rows, std::size_t cols, const char* who) {
     if (rows == 0 || cols == 0) throw invalid_argument(fmt::format("{}: matrix shape {} x {} is empty", who, rows, cols));
     if (w.size() != checked_size(rows, cols, who))
         throw invalid_argument(
             fmt::format("{}: {} values for a {} x {} matrix (need {})", who, w.size(), rows, cols, rows * cols));
+    float peak = 0.0f;
     for (std::size_t i = 0; i < w.size(); ++i) {
         if (!std::isfinite(w[i]))
             throw invalid_argument(fmt::format("{}: weight ({}, {}) = {} is not finite", who, i / cols, i % cols, w[i]));
+        peak = std::max(peak, std::fabs(w[i]));
     }
+    return peak;
+}
+
+// The power of two 2^e the encoders divide a matrix of largest magnitude
+// `peak` by: e = 0 up to 2^64, where no float sum over a row (the Hadamard
+// rotation's stages, a dense factor's products) can overflow; above it, the
+// e that brings peak into [0.5, 1). Division by a power of two is exact (down
+// to float subnormals, far below anything the row scales keep), and every
+// step of the encoders is homogeneous in the weights, so the divided matrix
+// gets the same points, gain codes and row scale codes relative to its own
+// reference scale; the reference scale of the result is that one times 2^e.
+inline int prescale_exponent(float peak) noexcept {
+    if (!(peak > 0x1p64f)) return 0;
+    return std::ilogb(peak) + 1;
+}
+
+// The matrix divided by 2^e (prescale_exponent).
+inline std::vector<float> prescaled(std::span<const float> w, int e) {
+    std::vector<float> out(w.size());
+    for (std::size_t i = 0; i < w.size(); ++i) out[i] = std::ldexp(w[i], -e);
+    return out;
+}
+
+// Per-row RMS of w (rows x cols), in double.
+inline std::vector<double> row_rms(std::span<const float> w, std::size_t rows, std::size_t cols) {
+    std::vector<double> out(rows);
+    for (std::size_t r = 0; r < rows; ++r) {
+        double e = 0.0;
+        for (std::size_t c = 0; c < cols; ++c) e += static_cast<double>(w[r * cols + c]) * w[r * cols + c];
+        out[r] = std::sqrt(e / static_cast<double>(cols));
+    }
+    return out;
 }
 
 // Matrix reference scale: the largest row RMS (row scales are stored relative to it).
 inline float reference_scale(std::span<const float> w, std::size_t rows, std::size_t cols) {
-    double largest = 0.0;
-    for (std::size_t r = 0; r < rows; ++r) {
-        double e = 0.0;
-        for (std::size_t c = 0; c < cols; ++c) e += static_cast<double>(w[r * cols + c]) * w[r * cols + c];
-        largest = std::max(largest, std::sqrt(e / static_cast<double>(cols)));
-    }
+    const std::vector<double> rms = row_rms(w, rows, cols);
+    const double largest = rms.empty() ? 0.0 : *std::max_element(rms.begin(), rms.end());
     if (!(largest <= static_cast<double>(std::numeric_limits<float>::max())))
         throw invalid_argument(fmt::format("row RMS {} does not fit in a float", largest));
     return static_cast<float>(largest);
@@ -390,6 +437,70 @@ std::vector<std::uint64_t> encode_rows(const Format& format, std::span<const flo
 
 }  // namespace detail
 
+namespace detail {
+
+// Overwrites `count` bits (<= 64) at bit `offset` of words with value's low bits.
+inline void overwrite_bits(std::vector<std::uint64_t>& words, std::size_t offset, std::size_t count,
+                           std::uint64_t value) noexcept {
+    for (std::size_t i = 0; i < count; ++i) {
+        const std::uint64_t bit = std::uint64_t{1} << ((offset + i) % 64);
+        std::uint64_t& word = words[(offset + i) / 64];
+        word = ((value >> i) & 1) != 0 ? (word | bit) : (word & ~bit);
+    }
+}
+
+// For a matrix encoded divided by 2^shift (prescale_exponent > 0): q has the
+// payload and the full reference scale, `scaled` the same payload against
+// the encoder's reference scale (its rows decode to finite values). Weights
+// near FLT_MAX can reconstruct past it (the quantization error adds to
+// them), so every row of q that decodes to a non-finite value gets a lower
+// row scale code: first the one that brings its largest decoded magnitude
+// (measured on `scaled`) to FLT_MAX, then one code lower at a time until the
+// row is finite. Other rows keep their bits. Throws svq::overflow_error when
+// no code but zero makes the row finite.
+template <class Format>
+basic_quantized_matrix<Format> fit_float_range(basic_quantized_matrix<Format> q,
+                                               const basic_quantized_matrix<Format>& scaled, int shift) {
+    const auto finite_row = [&](const basic_quantized_matrix<Format>& m, std::size_t r, std::vector<float>& row) {
+        m.decode_row(r, row);
+        return std::all_of(row.begin(), row.end(), [](float v) { return std::isfinite(v); });
+    };
+    std::vector<float> row(q.cols());
+    std::vector<std::size_t> overflowing;
+    for (std::size_t r = 0; r < q.rows(); ++r)
+        if (!finite_row(q, r, row)) overflowing.push_back(r);
+    if (overflowing.empty()) return q;
+    const Format& format = q.format();
+    const row_scale_codec& codec = format.scales();
+    const std::size_t bits = format.layout().row_scale_bits;
+    std::vector<std::uint64_t> words(q.words().begin(), q.words().end());
+    for (bool first = true; !overflowing.empty(); first = false) {
+        for (const std::size_t r : overflowing) {
+            const std::size_t offset = format.layout().row_bit_offset(r);
+            const std::uint32_t code = format.read_scale_code(words, r);
+            std::uint32_t lower = code > 0 ? code - 1 : 0;
+            if (first && code > 0) {
+                scaled.decode_row(r, row);
+                double peak = 0.0;
+                for (const float v : row) peak = std::max(peak, std::fabs(static_cast<double>(v)));
+                const double fit = codec.decode(code) *
+                                   (static_cast<double>(std::numeric_limits<float>::max()) / std::ldexp(peak, shift));
+                lower = std::min(lower, codec.encode(fit));
+            }
+            if (lower == 0)
+                throw overflow_error(fmt::format(
+                    "row {}: no row scale code decodes it to finite floats (its largest weight is near {:g})", r,
+                    static_cast<double>(std::numeric_limits<float>::max())));
+            overwrite_bits(words, offset, bits, lower);
+        }
+        q = basic_quantized_matrix<Format>(q.shared_format(), q.config(), words);
+        std::erase_if(overflowing, [&](std::size_t r) { return finite_row(q, r, row); });
+    }
+    return q;
+}
+
+}  // namespace detail
+
 // The plain search (MatrixSearch, concepts.hpp): every row independently,
 // each group's point by the MSE search (pvq/search.hpp, config.search), the
 // row scale and gain codes as in the file comment. Rows are split over `threads` (0: all
@@ -403,8 +514,8 @@ struct mse_search {
     std::vector<std::uint64_t> encode(const Format& format, std::span<const float> w, const matrix_config& config) const {
         const detail::mse_row_encoder<Format> encoder(format, config.search);
         return detail::encode_rows(format, w, config, threads, progress,
-                                   [&](std::size_t, const float* row, int* y, std::uint32_t* codes) {
-                                       return encoder.plan_row(row, y, codes);
+                                   [&](std::size_t r, const float* row, int* y, std::uint32_t* codes) {
+                                       return encoder.plan_row(row, y, codes, r);
                                    });
     }
 };
@@ -421,12 +532,25 @@ template <class Format = row_format, class Search = mse_search>
 basic_quantized_matrix<Format> quantize_with(std::span<const float> w, std::size_t rows, std::size_t cols,
                                              const matrix_config& config, const Search& search = {},
                                              const typename Format::gains_type& gains = {}) {
-    detail::check_matrix(w, rows, cols, "quantize");
+    const float peak = detail::check_matrix(w, rows, cols, "quantize");
     const matrix_layout layout = make_layout(rows, cols, config);
-    const float ref = detail::reference_scale(w, rows, cols);
-    auto format = std::make_shared<const Format>(layout, ref, gains);
-    std::vector<std::uint64_t> words = search.encode(*format, w, config);
-    return basic_quantized_matrix<Format>(std::move(format), config, std::move(words));
+    const int shift = detail::prescale_exponent(peak);
+    if (shift == 0) {
+        const float ref = detail::reference_scale(w, rows, cols);
+        auto format = std::make_shared<const Format>(layout, ref, gains);
+        std::vector<std::uint64_t> words = search.encode(*format, w, config);
+        return basic_quantized_matrix<Format>(std::move(format), config, std::move(words));
+    }
+    // Magnitudes where float sums overflow: encoded divided by 2^shift, the
+    // reference scale multiplied back (detail::prescale_exponent).
+    const std::vector<float> ws = detail::prescaled(w, shift);
+    const float scaled_ref = detail::reference_scale(ws, rows, cols);
+    auto scaled_format = std::make_shared<const Format>(layout, scaled_ref, gains);
+    std::vector<std::uint64_t> words = search.encode(*scaled_format, std::span<const float>(ws), config);
+    const basic_quantized_matrix<Format> scaled(std::move(scaled_format), config, words);
+    auto format = std::make_shared<const Format>(layout, std::ldexp(scaled_ref, shift), gains);
+    return detail::fit_float_range(basic_quantized_matrix<Format>(std::move(format), config, std::move(words)), scaled,
+                                   shift);
 }
 
 // quantize_with's plain search in format version 3.
