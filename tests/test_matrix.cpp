@@ -372,6 +372,10 @@ TEST_CASE("weights near FLT_MAX quantize like the same weights scaled down, not 
     const std::vector<double> h = acc.damped_hessian(0.01);
     check(svq::quantize(huge, rows, cols, {.target_bpw = 3.0, .hessian = h}),
           svq::quantize(small, rows, cols, {.target_bpw = 3.0, .hessian = h}));
+    // requantize runs unscaled: it refuses such weights, naming the magnitude.
+    const svq::quantized_matrix q = svq::quantize(huge, rows, cols, explicit_config(32, 40, 4, 16, true));
+    REQUIRE_THROWS_AS(svq::requantize(q, huge), svq::overflow_error);
+    REQUIRE_THROWS_WITH(svq::requantize(q, huge), Catch::Contains("exceeds 2^64"));
 }
 
 TEST_CASE("a matrix times 2^100 gets the same payload and 2^100 times the reference scale") {

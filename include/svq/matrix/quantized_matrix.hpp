@@ -567,10 +567,15 @@ inline std::vector<float> dequantize(const quantized_matrix& q) { return q.dequa
 // (quantize's search; the gain code nearest the optimal gain over the stored
 // row scale). For quantization-aware fine-tuning, which keeps latent weights
 // and encodes them again at every step, and for re-encoding an edited matrix.
-// Throws svq::invalid_argument for a shape other than like's or a non-finite weight.
+// Throws svq::invalid_argument for a shape other than like's or a non-finite
+// weight, svq::overflow_error for a weight above 2^64 in magnitude (the
+// rotation and search of requantize run unscaled; quantize handles those).
 template <class Format>
 basic_quantized_matrix<Format> requantize(const basic_quantized_matrix<Format>& like, std::span<const float> w) {
-    detail::check_matrix(w, like.rows(), like.cols(), "requantize");
+    const float peak = detail::check_matrix(w, like.rows(), like.cols(), "requantize");
+    if (detail::prescale_exponent(peak) != 0)
+        throw overflow_error(fmt::format("requantize: a weight of magnitude {} exceeds 2^64; quantize the matrix "
+                                         "again instead (quantize scales such matrices exactly)", peak));
     const Format& format = like.format();
     const detail::mse_row_encoder<Format> encoder(format, like.config().search);
     std::vector<std::uint64_t> words =
