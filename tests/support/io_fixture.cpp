@@ -1,0 +1,223 @@
+// Test support for the python_reader test (tests/python/read_safetensors.py):
+// writes <dir>/model.safetensors with one matrix of every method (PVQ plain and
+// Hessian-searched, RTN, CRVQ with a k-means and with a PVQ base) and plain
+// tensors in F32, F16 and BF16, then what an independent reader must find:
+//   <dir>/manifest.json   every matrix's parts (tensor name, dtype, shape)
+//                         derived here from the matrices' configurations, the
+//                         plain tensors with their dtype, shape and .npy file,
+//                         the RTN matrices' .npy file, and xxh64 test vectors
+//                         computed by svq::xxh64;
+//   <dir>/<name>.npy      a plain tensor's values as svq reads them (float32),
+//                         an RTN matrix dequantized (codes * fp16 scales).
+// Usage: svq_io_python_fixture <dir>
+#include <svq/crvq/crvq.hpp>
+#include <svq/io/npy.hpp>
+#include <svq/io/quantized_file.hpp>
+#include <svq/quantize.hpp>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+std::vector<float> gaussian(std::size_t n, std::uint64_t seed, float scale = 1.0f) {
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> d(0.0f, scale);
+    std::vector<float> v(n);
+    for (float& x : v) x = d(rng);
+    return v;
+}
+
+svq::matrix_config config(std::size_t n, std::size_t k, unsigned gain_bits, unsigned scale_bits, bool rotate) {
+    svq::matrix_config c;
+    c.group_dim = n;
+    c.pulses = k;
+    c.gain_bits = gain_bits;
+    c.row_scale_bits = scale_bits;
+    c.rotate = rotate;
+    return c;
+}
+
+using json = nlohmann::ordered_json;
+
+json part(const std::string& tensor, svq::dtype type, std::vector<std::size_t> shape) {
+    return {{"tensor", tensor}, {"dtype", svq::dtype_name(type)}, {"shape", std::move(shape)}};
+}
+
+// The parts a PVQ matrix stored under `prefix` has, from its layout.
+void pvq_parts(json& parts, const std::string& prefix, const svq::quantized_matrix& q) {
+    parts.push_back(part(prefix + "words", svq::dtype::u64, {q.layout().payload_words()}));
+    parts.push_back(part(prefix + "reference_scale", svq::dtype::f32, {1}));
+}
+
+template <class B>
+json crvq_parts(const std::string& name, const svq::crvq_matrix<B>& m) {
+    const std::string prefix = name + ".svq.";
+    json parts = json::array();
+    parts.push_back(part(prefix + "reference_scale", svq::dtype::f32, {1}));
+    if (m.row_scale_bits() != 0)
+        parts.push_back(part(prefix + "row_scale_codes", svq::detail::code_dtype(m.row_scale_bits()), {m.rows()}));
+    parts.push_back(part(prefix + "permutation", svq::dtype::u32, {m.permutation().size()}));
+    const auto& books = m.codebooks();
+    const std::size_t de = books.extended.front().dim();
+    parts.push_back(part(prefix + "extended_codes", svq::detail::code_dtype(books.extended.front().code_bits()),
+                         {m.critical_channels() * ((m.rows() + de - 1) / de) * books.extended.size()}));
+    if constexpr (std::same_as<B, svq::kmeans_base>) {
+        const std::size_t d = books.base->dim();
+        parts.push_back(part(prefix + "base_codes", svq::detail::code_dtype(books.base->code_bits()),
+                             {m.rows() * ((m.cols() + d - 1) / d)}));
+    } else {
+        pvq_parts(parts, prefix + "base.", m.base_part());
+    }
+    return parts;
+}
+
+template <class B>
+json codebook_parts(const std::string& name, const svq::crvq_codebooks<B>& books) {
+    json parts = json::array();
+    if constexpr (std::same_as<B, svq::kmeans_base>)
+        parts.push_back(part(name + ".svq.base_codebook", svq::dtype::f16, {books.base->entries(), books.base->dim()}));
+    for (std::size_t i = 0; i < books.extended.size(); ++i)
+        parts.push_back(part(fmt::format("{}.svq.extended.{}", name, i), svq::dtype::f16,
+                             {books.extended[i].entries(), books.extended[i].dim()}));
+    return parts;
+}
+
+int run(const std::filesystem::path& dir) {
+    std::filesystem::create_directories(dir);
+    const std::size_t rows = 24, cols = 72;
+    const std::vector<float> w = gaussian(rows * cols, 11);
+
+    const svq::quantized_matrix plain = svq::quantize(w, rows, cols, config(16, 20, 4, 16, true));
+    const svq::quantized_matrix plain8 = svq::quantize(w, rows, cols, config(32, 30, 5, 8, false));
+    std::vector<double> h(cols * cols, 0.0);
+    const std::vector<float> x = gaussian(4 * cols * cols, 12);
+    for (std::size_t s = 0; s < 4 * cols; ++s)
+        for (std::size_t i = 0; i < cols; ++i)
+            for (std::size_t j = 0; j < cols; ++j) h[i * cols + j] += double{x[s * cols + i]} * x[s * cols + j];
+    const svq::quantized_matrix hessian = svq::quantize(w, rows, cols, {.config = config(8, 12, 4, 16, true), .hessian = h});
+    const svq::rtn_matrix rtn = svq::rtn_quantize(w, rows, cols, {4, 32});
+    svq::crvq_config<svq::kmeans_base> ck_config;
+    ck_config.base.dim = 4;
+    ck_config.base.bits = 6;
+    ck_config.base.row_scale_bits = 8;
+    ck_config.extended_codebooks = 2;
+    ck_config.extended_dim = 4;
+    ck_config.extended_bits = 4;
+    ck_config.critical_fraction = 0.1;
+    const svq::crvq_model<svq::kmeans_base> ck = svq::crvq_quantize(w, rows, cols, {}, ck_config);
+    svq::crvq_config<svq::pvq_base> cp_config;
+    cp_config.base.config = config(8, 10, 4, 16, false);
+    cp_config.extended_codebooks = 1;
+    cp_config.extended_dim = 4;
+    cp_config.extended_bits = 4;
+    cp_config.critical_fraction = 0.05;
+    const svq::crvq_model<svq::pvq_base> cp = svq::crvq_quantize(w, rows, cols, {}, cp_config);
+
+    // Plain tensors; the F16 one holds values F16 rounds, the BF16 one a wide range.
+    const std::vector<float> f32 = gaussian(10 * 6, 13);
+    std::vector<float> f16 = gaussian(3 * 5 * 4, 14, 100.0f);
+    f16[0] = 65504.0f;
+    f16[1] = -6.0e-8f;  // subnormal in F16
+    f16[2] = 0.0f;
+    std::vector<float> bf16 = gaussian(7 * 9, 15, 1.0e6f);
+    bf16[0] = 3.0e38f;
+    bf16[1] = -1.0e-30f;
+
+    const std::filesystem::path file = dir / "model.safetensors";
+    {
+        svq::model_writer mw;
+        mw.add("layers.0.plain", plain);
+        mw.add("layers.0.plain8", plain8);
+        mw.add("layers.0.hessian", hessian, "hessian");
+        mw.add("layers.0.rtn", rtn);
+        const std::string k[] = {"layers.1.crvq_k"}, p[] = {"layers.1.crvq_p"};
+        mw.add_crvq("books_k", ck, k);
+        mw.add_crvq("books_p", cp, p);
+        mw.add_tensor("embedding", f32, {10, 6});
+        mw.add_tensor("norm.f16", f16, {3, 5, 4}, svq::dtype::f16);
+        mw.add_tensor("lm_head.bf16", bf16, {7, 9}, svq::dtype::bf16);
+        mw.set_metadata("source", "svq io_fixture");
+        mw.write(file);
+    }
+
+    json m = {{"file", "model.safetensors"}};
+    json matrices = json::object();
+    auto pvq_entry = [&](const std::string& name, const svq::quantized_matrix& q, const char* search) {
+        json parts = json::array();
+        pvq_parts(parts, name + ".svq.", q);
+        matrices[name] = {{"method", "pvq"}, {"search", search}, {"shape", {q.rows(), q.cols()}}, {"parts", parts}};
+    };
+    pvq_entry("layers.0.plain", plain, "mse");
+    pvq_entry("layers.0.plain8", plain8, "mse");
+    pvq_entry("layers.0.hessian", hessian, "hessian");
+    matrices["layers.0.rtn"] = {
+        {"method", "rtn"},
+        {"shape", {rows, cols}},
+        {"parts", {part("layers.0.rtn.svq.codes", svq::dtype::i8, {rows, cols}),
+                   part("layers.0.rtn.svq.scales", svq::dtype::f16, {rows, rtn.groups_per_row()})}},
+        {"expected", "layers.0.rtn.npy"}};
+    matrices["books_k"] = {{"method", "crvq_codebooks"}, {"parts", codebook_parts("books_k", *ck.codebooks)}};
+    matrices["books_p"] = {{"method", "crvq_codebooks"}, {"parts", codebook_parts("books_p", *cp.codebooks)}};
+    matrices["layers.1.crvq_k"] = {{"method", "crvq"},
+                                   {"shape", {rows, cols}},
+                                   {"parts", crvq_parts("layers.1.crvq_k", ck.matrices[0])}};
+    matrices["layers.1.crvq_p"] = {{"method", "crvq"},
+                                   {"shape", {rows, cols}},
+                                   {"parts", crvq_parts("layers.1.crvq_p", cp.matrices[0])}};
+    m["matrices"] = matrices;
+
+    // Expected values: what svq itself reads back.
+    const svq::model_file f = svq::load(file);
+    json plain_tensors = json::object();
+    auto plain_entry = [&](const std::string& name, svq::dtype type, std::vector<std::size_t> shape) {
+        const std::vector<float> v = f.tensor(name);
+        svq::write_npy(dir / (name + ".npy"), v, shape);
+        plain_tensors[name] = {{"dtype", svq::dtype_name(type)}, {"shape", shape}, {"expected", name + ".npy"}};
+    };
+    plain_entry("embedding", svq::dtype::f32, {10, 6});
+    plain_entry("norm.f16", svq::dtype::f16, {3, 5, 4});
+    plain_entry("lm_head.bf16", svq::dtype::bf16, {7, 9});
+    m["tensors"] = plain_tensors;
+    const std::vector<float> rtn_values = f.rtn("layers.0.rtn").dequantize();
+    const std::size_t rtn_shape[] = {rows, cols};
+    svq::write_npy(dir / "layers.0.rtn.npy", rtn_values, rtn_shape);
+
+    // xxh64 test vectors (svq::xxh64): inputs of every length class of the algorithm.
+    json vectors = json::array();
+    for (const std::size_t n : {0, 1, 3, 4, 8, 31, 32, 33, 100, 1000}) {
+        std::vector<std::byte> b(n);
+        for (std::size_t i = 0; i < n; ++i) b[i] = static_cast<std::byte>((i * 131 + 7) & 0xff);
+        vectors.push_back({{"length", n}, {"pattern", "(i * 131 + 7) mod 256"}, {"xxh64", svq::xxh64_hex(b)}});
+    }
+    m["xxh64_vectors"] = vectors;
+
+    std::ofstream out(dir / "manifest.json");
+    out << m.dump(2) << '\n';
+    if (!out) throw svq::io_error(fmt::format("{}: write failed", (dir / "manifest.json").string()));
+    fmt::print("wrote {} and its manifest in {}\n", file.string(), dir.string());
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc != 2) {
+        fmt::print(stderr, "usage: {} <output directory>\n", argv[0]);
+        return 2;
+    }
+    try {
+        return run(argv[1]);
+    } catch (const std::exception& e) {
+        fmt::print(stderr, "{}: {}\n", argv[0], e.what());
+        return 1;
+    }
+}
