@@ -3,14 +3,14 @@
 # Debian 12 machine: the compiler, CMake and the libraries below, all from
 # Debian's own archive (nothing else is downloaded): nlohmann-json3-dev and
 # libxxhash-dev for svq::io, clang-15 and libfuzzer-15-dev for the fuzzers,
-# libcli11-dev for the examples' command lines, python3-numpy for the
-# independent Python reader test (ctest python_reader, skipped without it).
+# python3-numpy for the independent Python reader test (ctest python_reader,
+# skipped without it).
 # Uses sudo only when not already root, so the same command works for people
 # and for CI (root).
 set -euo pipefail
 
 packages=(build-essential cmake libxsimd-dev catch2 libfmt-dev libbenchmark-dev libeigen3-dev
-          nlohmann-json3-dev libxxhash-dev clang-15 libfuzzer-15-dev libcli11-dev python3-numpy)
+          nlohmann-json3-dev libxxhash-dev clang-15 libfuzzer-15-dev python3-numpy)
 
 if [[ "$(id -u)" -eq 0 ]]; then
     as_root=()
