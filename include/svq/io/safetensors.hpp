@@ -264,7 +264,9 @@ public:
         std::vector<float> out(t.elements());
         const std::span<const std::byte> b = data(t);
         switch (t.type) {
-            case dtype::f32: std::memcpy(out.data(), b.data(), b.size()); break;
+            case dtype::f32:
+                if (!out.empty()) std::memcpy(out.data(), b.data(), b.size());
+                break;
             case dtype::f16:
             case dtype::bf16:
                 for (std::size_t i = 0; i < out.size(); ++i) {
@@ -317,7 +319,9 @@ public:
                     dtype type = dtype::f32) {
         std::vector<std::byte> bytes(values.size() * dtype_size(type));
         switch (type) {
-            case dtype::f32: std::memcpy(bytes.data(), values.data(), bytes.size()); break;
+            case dtype::f32:
+                if (!bytes.empty()) std::memcpy(bytes.data(), values.data(), bytes.size());
+                break;
             case dtype::f16:
             case dtype::bf16:
                 for (std::size_t i = 0; i < values.size(); ++i) {
