@@ -144,7 +144,7 @@ inline constexpr std::size_t row_decoder_header = 9;
 
 inline matrix_config row_decoder_config(std::span<const std::byte> bytes, std::size_t& rows, std::size_t& cols, float& ref) {
     std::byte h[row_decoder_header] = {};
-    std::memcpy(h, bytes.data(), std::min(bytes.size(), row_decoder_header));
+    if (!bytes.empty()) std::memcpy(h, bytes.data(), std::min(bytes.size(), row_decoder_header));
     const auto b = [&](std::size_t i) { return static_cast<unsigned>(h[i]); };
     static constexpr std::size_t dims[] = {4, 8, 16, 32};
     matrix_config c;
@@ -169,7 +169,7 @@ inline void row_decoder(std::span<const std::byte> bytes) {
     std::vector<std::uint64_t> words(layout.payload_words(), 0);
     const std::span<const std::byte> payload = bytes.size() > row_decoder_header ? bytes.subspan(row_decoder_header)
                                                                                  : std::span<const std::byte>{};
-    std::memcpy(words.data(), payload.data(), std::min(payload.size(), words.size() * 8));
+    if (!payload.empty()) std::memcpy(words.data(), payload.data(), std::min(payload.size(), words.size() * 8));
 
     if (!std::isfinite(ref) || ref < 0.0f) {  // the typed error, nothing else
         try {
