@@ -410,7 +410,8 @@ public:
         const auto d = reader(name);
         expect_method(d, "rtn");
         d.version(rtn_format_version);
-        const auto [rows, cols] = d.shape2();
+        const std::pair<std::size_t, std::size_t> shape = d.shape2();  // variables, not bindings: lambdas capture them
+        const std::size_t rows = shape.first, cols = shape.second;
         const auto c = d.object("config");
         rtn_config config{static_cast<unsigned>(c.uint("bits", 8)), c.size("group")};
         if (config.bits == 0 || config.group == 0) c.fail(fmt::format("bits {} or group {} is zero", config.bits, config.group));
@@ -429,7 +430,8 @@ public:
         d.version(crvq_format_version);
         const std::string base = d.string("base"), want = std::same_as<B, kmeans_base> ? "kmeans" : "pvq";
         if (base != want) throw invalid_argument(fmt::format("{}: the base is '{}', not '{}'", d.where(), base, want));
-        const auto [rows, cols] = d.shape2();
+        const std::pair<std::size_t, std::size_t> shape = d.shape2();  // variables, not bindings: lambdas capture them
+        const std::size_t rows = shape.first, cols = shape.second;
         const std::size_t critical = d.size("critical");
         const auto scale_bits = static_cast<unsigned>(d.uint("row_scale_bits", 16));
         const std::shared_ptr<const crvq_codebooks<B>> books = codebooks<B>(d.string("codebooks"));
@@ -586,7 +588,8 @@ private:
     }
     quantized_matrix pvq_from(const detail::description_reader& d) const {
         d.version(pvq_format_version);
-        const auto [rows, cols] = d.shape2();
+        const std::pair<std::size_t, std::size_t> shape = d.shape2();  // variables, not bindings: lambdas capture them
+        const std::size_t rows = shape.first, cols = shape.second;
         const auto c = d.object("config");
         matrix_config config;
         config.group_dim = c.size("group_dim");
