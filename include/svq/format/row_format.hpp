@@ -37,6 +37,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <span>
 #include <string>
@@ -102,6 +103,16 @@ struct row_scale_codec {
                std::exp2(static_cast<double>(static_cast<int>(code) - log_code_of_ref) / log_steps_per_octave);
     }
 };
+
+// A decoded row (n floats, row r) of a matrix whose format may_overflow():
+// svq::corrupt_data naming the row, column and value when an entry is not finite.
+inline void check_finite_row(const float* row, std::size_t n, std::size_t r) {
+    for (std::size_t i = 0; i < n; ++i)
+        if (!std::isfinite(row[i]))
+            throw corrupt_data(fmt::format("row {} decodes to {} at column {}: its row scale times the reference "
+                                           "scale passes the float range",
+                                           r, row[i], i));
+}
 
 // The decoder's multiplier of a group's pulses, row scale * gain level / ||y||,
 // as float(s) * float(level / sqrt(||y||^2 norm)): the second factor depends on
@@ -225,7 +236,21 @@ public:
             tail_gain_.emplace(gains.make(l.tail_dim, l.cols, l.gain_bits));
             tail_levels_ = levels_of(*tail_gain_);
         }
+        // A decoded row's norm is at most (largest row scale) * (largest level)
+        // * sqrt(groups), and no entry exceeds the norm, rotated or not.
+        double level = 0.0;
+        for (const double v : levels_) level = std::max(level, std::fabs(v));
+        for (const double v : tail_levels_) level = std::max(level, std::fabs(v));
+        const double bound = static_cast<double>(reference_scale) * detail::row_scale_codec::largest_relative(l.row_scale_bits) *
+                             level * std::sqrt(static_cast<double>(groups()));
+        may_overflow_ = !(bound < 0.5 * static_cast<double>(std::numeric_limits<float>::max()));
     }
+
+    // Whether some row scale code would decode a row past the float range (a
+    // reference scale within about 2^20 of FLT_MAX: weights near it, or a
+    // damaged file). The decoders then check every decoded row
+    // (detail::check_finite_row); for any other matrix no row can overflow.
+    bool may_overflow() const noexcept { return may_overflow_; }
 
     const matrix_layout& layout() const noexcept { return l_; }
     const detail::row_scale_codec& scales() const noexcept { return scales_; }
@@ -434,6 +459,7 @@ private:
     gain_quantizer_type gain_;
     std::optional<gain_quantizer_type> tail_gain_;
     std::vector<double> levels_, tail_levels_;
+    bool may_overflow_ = false;
 };
 
 // Format version 3.

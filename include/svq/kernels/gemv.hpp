@@ -76,6 +76,7 @@ public:
             decode_row_dense(r, out, sc);
         else
             decode_row_impl(r, out, sc, [](std::size_t, const int*, std::size_t, float) {});
+        if (f_->may_overflow()) detail::check_finite_row(out, cols(), r);
     }
 
     // All rows, row-major (rows * cols floats), bit-identical to quantized_matrix::dequantize.
@@ -111,6 +112,7 @@ public:
                     decode_row_impl(r, row, sc, [](std::size_t, const int*, std::size_t, float) {});
                 }
                 if (rotation_ && !integer_) rotation_->inverse(std::span<float>(row, cols()), scratch);
+                if (f_->may_overflow()) detail::check_finite_row(row, cols(), r);
                 if (stream) {
                     streamer.finish();  // the previous row (usually written already)
                     streamer.start(row, dst, cols());

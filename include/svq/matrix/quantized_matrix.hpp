@@ -380,10 +380,12 @@ private:
             for (std::size_t j = 0; j < b.levels.size(); ++j)
                 b.factors[j] = format_->factor(s, j, b.levels[j], b.y.data() + j * n, static_cast<double>(cols()));
             detail::integer_stage_inverse(b.y.data(), b.factors.data(), n, cols(), rotation_->signs().data(), out);
+            if (format_->may_overflow()) detail::check_finite_row(out, cols(), r);
             return;
         }
         format_->decode_row(words_, r, out, b.y.data(), b.fields);
         if (rotation_) rotation_->inverse(std::span<float>(out, cols()), b.scratch);
+        if (format_->may_overflow()) detail::check_finite_row(out, cols(), r);
     }
 
     matrix_config config_{};
