@@ -12,6 +12,7 @@
 #include "catch.hpp"
 #include "support.hpp"
 
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -405,6 +406,8 @@ TEST_CASE("quantized files: 10,000 single-byte corruptions are each a typed erro
         }
         b[at] = good[at];
     }
+    std::printf("%d single-byte corruptions: %zu typed errors, %zu exact decodes; %zu in the data, all caught by a checksum\n",
+                trials, errors, exact, data_flips);
     CHECK(errors + exact == static_cast<std::size_t>(trials));
     CHECK(checksum_caught == data_flips);
     CHECK(data_flips > static_cast<std::size_t>(trials) / 5);  // about half of this small file is data
