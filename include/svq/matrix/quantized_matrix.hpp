@@ -463,8 +463,13 @@ inline void overwrite_bits(std::vector<std::uint64_t>& words, std::size_t offset
 template <class Format>
 basic_quantized_matrix<Format> fit_float_range(basic_quantized_matrix<Format> q,
                                                const basic_quantized_matrix<Format>& scaled, int shift) {
+    // A row past the float range is corrupt_data from the decoder (the format may_overflow()).
     const auto finite_row = [&](const basic_quantized_matrix<Format>& m, std::size_t r, std::vector<float>& row) {
-        m.decode_row(r, row);
+        try {
+            m.decode_row(r, row);
+        } catch (const corrupt_data&) {
+            return false;
+        }
         return std::all_of(row.begin(), row.end(), [](float v) { return std::isfinite(v); });
     };
     std::vector<float> row(q.cols());
