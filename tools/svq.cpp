@@ -827,9 +827,12 @@ int main(int argc, char** argv) {
     quantize_args qa;
     CLI::App* quantize = app.add_subcommand("quantize", "Quantize every 2-D tensor of a checkpoint into an svq file");
     quantize->add_option("input", qa.inputs, ".safetensors file, sharded *.index.json, directory, or .npy files")
-        ->required();
+        ->required()
+        ->default_str("");
     quantize->add_option("-o,--output", qa.output, "Output svq file (.safetensors)")->required();
-    quantize->add_option("--bpw", qa.bpw, "Target bits per weight of each tensor (every stored bit counted)")->required();
+    quantize->add_option("--bpw", qa.bpw, "Target bits per weight of each tensor (every stored bit counted)")
+        ->required()
+        ->default_str("");
     quantize->add_option("--method", qa.method, "pvq | hessian (needs --calibration) | crvq (PVQ base at --bpw, plus its "
                                                 "extended codebooks) | rtn (round-to-nearest, bits and group from --bpw)");
     quantize->add_option("--calibration", qa.calibration,
@@ -840,7 +843,8 @@ int main(int argc, char** argv) {
     quantize->add_option("--include", qa.include, "Quantize only tensors whose name matches this regex (search)");
     quantize->add_option("--exclude", qa.exclude, "Keep tensors whose name matches this regex unquantized");
     quantize->add_option("--tensor-bpw", qa.tensor_bpw, "REGEX=BPW: the target of matching tensors (repeatable; last wins)")
-        ->allow_extra_args(false);
+        ->allow_extra_args(false)
+        ->default_str("");
     quantize->add_option("--threads", qa.threads, "Threads (0: all cores); the output does not depend on it");
 
     info_args ia;
@@ -866,6 +870,12 @@ int main(int argc, char** argv) {
     bench->add_option("--threads", ba.threads, "Threads (0: all cores)");
     bench->add_option("--min-time", ba.min_time, "Seconds each measurement runs at least");
 
+    // An unknown command word is named as such (CLI11 would only say that a subcommand is required).
+    if (argc > 1 && argv[1][0] != '-' && !std::set<std::string>{"quantize", "info", "dequantize", "compare", "bench"}.count(argv[1])) {
+        std::fprintf(stderr, "svq: error: unknown command '%s' (commands: quantize, info, dequantize, compare, bench)\n",
+                     argv[1]);
+        return 2;
+    }
     try {
         app.parse(argc, argv);
     } catch (const CLI::Success& e) {  // --help, --version
