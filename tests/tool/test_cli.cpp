@@ -6,6 +6,8 @@
 //
 // SVQ_TOOL is the binary's path, SVQ_MODEL_DIR the shipped model's directory
 // (tests/CMakeLists.txt defines both).
+#include "common/llama2_safetensors.hpp"
+
 #include <svq/io/checkpoint.hpp>
 #include <svq/io/quantized_file.hpp>
 #include <svq/matrix/metrics.hpp>
@@ -143,6 +145,28 @@ TEST_CASE("svq quantize -> info -> dequantize -> compare on stories260K equals t
         CHECK(t["quantized"] == true);
     }
     CHECK(matrices == 36);
+
+    // The llama2 runner on the tool's file: the perplexity of the model
+    // quantized in memory with the same calls, on sequences the float model samples.
+    const svq::llama2::model from_file = svq::llama2::load_safetensors(qfile);
+    const svq::llama2::model reference = svq::llama2::load_safetensors(model);
+    svq::llama2::model in_memory = svq::llama2::load_safetensors(model);
+    for (svq::llama2::linear_ref& l : in_memory.linears()) {
+        const svq::quantized_matrix m = svq::quantize(l.weights, static_cast<std::size_t>(l.rows),
+                                                      static_cast<std::size_t>(l.cols), {.target_bpw = 3.25});
+        const std::vector<float> decoded = m.dequantize();
+        std::copy(decoded.begin(), decoded.end(), l.weights.begin());
+    }
+    {
+        const std::span<float> e = in_memory.mutable_token_embedding();
+        const std::vector<float> w(e.begin(), e.end());
+        const std::vector<float> decoded = svq::quantize(w, 512, 64, {.target_bpw = 3.25}).dequantize();
+        std::copy(decoded.begin(), decoded.end(), e.begin());
+    }
+    const auto sequences = svq::llama2::sample_sequences(reference, 4, 64, 3, 1.0f);
+    const double nll_file = svq::llama2::evaluate_sequences(from_file, sequences).mean_nll;
+    CHECK(nll_file == svq::llama2::evaluate_sequences(in_memory, sequences).mean_nll);
+    CHECK(nll_file > svq::llama2::evaluate_sequences(reference, sequences).mean_nll);
 }
 
 TEST_CASE("svq: every error exits non-zero with one line on stderr naming it", "[cli][errors]") {
