@@ -536,7 +536,13 @@ int run_info(const info_args& a) {
                     bytes = stored_bytes(f, name);
                     config = fmt::format("{} base, {} extended codebooks", d.value("base", std::string("?")),
                                          d.contains("extended") ? d["extended"].size() : 0);
-                    if (d.value("base", std::string()) == "pvq") (void)f.crvq<svq::pvq_base>(name.substr(0, name.size() - std::string(".crvq_codebooks").size()));
+                    // The codebooks are verified when a matrix that uses them is read.
+                    std::string user;
+                    for (const std::string& m : matrices)
+                        if (description(f, m).value("codebooks", std::string()) == name) user = m;
+                    if (user.empty()) status = "unused";
+                    else if (d.value("base", std::string()) == "pvq") (void)f.crvq<svq::pvq_base>(user);
+                    else (void)f.crvq<svq::kmeans_base>(user);
                     matrix_bytes += bytes;
                 } else {
                     const auto [r, c] = f.shape(name);
