@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -30,10 +31,12 @@
 #include <filesystem>
 #include <limits>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <regex>
 #include <set>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -330,23 +333,36 @@ int run_quantize(const quantize_args& a) {
         if (const svq::safetensors_file* f = c->file_of(n))
             for (const auto& [key, value] : f->metadata())
                 if (!key.starts_with("svq.") && !key.ends_with(".svq")) writer.set_metadata(key, value);
-    std::deque<svq::quantized_matrix> pvq_keep;
-    std::deque<svq::rtn_matrix> rtn_keep;
-    std::vector<tensor_row> rows;
+    // Phase 1: the selected tensors quantized. With at least as many matrices
+    // as threads, whole matrices go to the threads (each quantized on one
+    // thread: choose_config's trial encodes are serial, so this is what
+    // scales on a model of many small matrices); otherwise one matrix at a
+    // time, its rows split over the threads. Either way the result is the
+    // same bytes (svq::quantize does not depend on its thread count).
+    struct job_result {
+        tensor_row row;
+        std::optional<svq::quantized_matrix> pvq;
+        std::optional<svq::rtn_matrix> rtn;
+        std::optional<svq::crvq_model<svq::pvq_base>> crvq;
+        bool hessian = false;
+    };
+    std::vector<std::size_t> jobs;  // indices into tensors
+    for (std::size_t i = 0; i < tensors.size(); ++i)
+        if (selected(*tensors[i].first, tensors[i].second)) jobs.push_back(i);
+    std::vector<job_result> results(jobs.size());
+    const unsigned threads = a.threads == 0 ? std::max(1u, std::thread::hardware_concurrency()) : a.threads;
+    const bool by_tensor = threads > 1 && jobs.size() >= threads;
+    const unsigned inner_threads = by_tensor ? 1 : threads;
     progress_line progress(total_weights);
-    std::size_t done_weights = 0, index = 0;
+    std::mutex progress_mutex;
+    std::size_t done_weights = 0, finished = 0;
+    std::atomic<std::size_t> next{0};
     const auto t0 = clock_type::now();
-    for (const auto& [c, n] : tensors) {
+    auto quantize_job = [&](std::size_t j) {
+        const auto& [c, n] = tensors[jobs[j]];
         const svq::tensor_info& t = c->info(n);
-        tensor_row row{n, shape_text(t.shape), "-", 8.0 * static_cast<double>(svq::dtype_size(t.type)), 0.0, false};
-        if (!selected(*c, n)) {
-            const svq::safetensors_file* f = c->file_of(n);
-            if (f) writer.add_tensor_bytes(n, t.type, t.shape, f->data(t));
-            else writer.add_tensor(n, c->to_float(n), t.shape);
-            row.config = std::string(svq::dtype_name(t.type));
-            rows.push_back(row);
-            continue;
-        }
+        job_result& out = results[j];
+        out.row = {n, shape_text(t.shape), "-", 0.0, 0.0, true};
         const std::size_t r = t.shape[0], k = t.shape[1];
         double bpw = a.bpw;
         for (const bpw_override& o : overrides)
@@ -356,50 +372,83 @@ int run_quantize(const quantize_args& a) {
         if (a.method == "hessian" && h.empty())
             throw svq::invalid_argument(fmt::format("{}: no calibration for tensor '{}' ('{}.hessian' [{}, {}] or '{}' [n, {}])",
                                                     a.calibration, n, n, k, k, n, k));
-        auto report = [&, n = n](std::size_t rows_done, std::size_t rows_total) {
-            progress.update(index, matrices, n, done_weights + rows_done * k, false);
-            (void)rows_total;
+        // Rows done within this matrix (one matrix at a time only: the callback runs on this thread).
+        auto report = [&, n = n, k = k](std::size_t rows_done, std::size_t) {
+            const std::lock_guard<std::mutex> lock(progress_mutex);
+            progress.update(finished, matrices, n, done_weights + rows_done * k, false);
         };
         std::vector<float> back;
         try {
             if (a.method == "rtn") {
                 const svq::rtn_config rc = rtn_for(bpw, k, n);
-                rtn_keep.push_back(svq::rtn_quantize(w, r, k, rc));
-                writer.add(n, rtn_keep.back());
-                row.config = rtn_string(rc);
-                row.bpw = rtn_keep.back().bits_per_weight();
-                back = rtn_keep.back().dequantize();
+                out.rtn.emplace(svq::rtn_quantize(w, r, k, rc));
+                out.row.config = rtn_string(rc);
+                out.row.bpw = out.rtn->bits_per_weight();
+                back = out.rtn->dequantize();
             } else if (a.method == "crvq") {
                 svq::crvq_config<svq::pvq_base> cc;
                 cc.base.target_bpw = bpw;
                 if (a.speed) cc.base.search = svq::speed_config_options();
-                cc.threads = a.threads;
-                const svq::crvq_model<svq::pvq_base> m = svq::crvq_quantize(w, r, k, h, cc);
-                const std::string names[] = {n};
-                writer.add_crvq(n + ".crvq_codebooks", m, names);
-                row.config = fmt::format("crvq pvq base {} + {} critical", svq::to_string(m.matrices[0].base_part().config()),
-                                         m.matrices[0].critical_channels());
-                row.bpw = m.bits_per_weight();
-                back = m.matrices[0].dequantize();
+                cc.threads = inner_threads;
+                out.crvq.emplace(svq::crvq_quantize(w, r, k, h, cc));
+                const auto& m = out.crvq->matrices[0];
+                out.row.config = fmt::format("crvq pvq base {} + {} critical", svq::to_string(m.base_part().config()),
+                                             m.critical_channels());
+                out.row.bpw = out.crvq->bits_per_weight();
+                back = m.dequantize();
             } else {
-                svq::quantize_options o{.target_bpw = bpw, .hessian = h, .threads = a.threads, .progress = report};
+                svq::quantize_options o{.target_bpw = bpw, .hessian = h, .threads = inner_threads};
+                if (!by_tensor) o.progress = report;
                 if (a.speed) o.choice = svq::speed_config_options();
-                pvq_keep.push_back(svq::quantize(w, r, k, o));
-                writer.add(n, pvq_keep.back(), h.empty() ? "mse" : "hessian");
-                row.config = svq::to_string(pvq_keep.back().config());
-                row.bpw = pvq_keep.back().bits_per_weight();
-                back = pvq_keep.back().dequantize();
+                out.pvq.emplace(svq::quantize(w, r, k, o));
+                out.hessian = !h.empty();
+                out.row.config = svq::to_string(out.pvq->config());
+                out.row.bpw = out.pvq->bits_per_weight();
+                back = out.pvq->dequantize();
             }
         } catch (const svq::error& e) {
-            progress.done();
-            throw svq::invalid_argument(fmt::format("tensor '{}' {} at {} bpw ({}): {}", n, row.shape, bpw, a.method, e.what()));
+            throw svq::invalid_argument(
+                fmt::format("tensor '{}' {} at {} bpw ({}): {}", n, out.row.shape, bpw, a.method, e.what()));
         }
-        row.sqnr = measure(w, back).sqnr_db();
-        row.quantized = true;
-        rows.push_back(row);
+        out.row.sqnr = measure(w, back).sqnr_db();
+        const std::lock_guard<std::mutex> lock(progress_mutex);
         done_weights += w.size();
-        progress.update(index, matrices, n, done_weights, true);
-        ++index;
+        progress.update(finished++, matrices, n, done_weights, true);
+    };
+    try {
+        if (by_tensor) {
+            svq::detail::parallel_slices(threads, threads, [&](std::size_t, std::size_t) {
+                for (std::size_t j = next++; j < jobs.size(); j = next++) quantize_job(j);
+            });
+        } else {
+            for (std::size_t j = 0; j < jobs.size(); ++j) quantize_job(j);
+        }
+    } catch (...) {
+        progress.done();
+        throw;
+    }
+
+    // Phase 2: the file, tensors in input order.
+    std::vector<tensor_row> rows;
+    for (std::size_t i = 0, j = 0; i < tensors.size(); ++i) {
+        const auto& [c, n] = tensors[i];
+        if (j < jobs.size() && jobs[j] == i) {
+            job_result& q = results[j++];
+            if (q.pvq) writer.add(n, *q.pvq, q.hessian ? "hessian" : "mse");
+            if (q.rtn) writer.add(n, *q.rtn);
+            if (q.crvq) {
+                const std::string names[] = {n};
+                writer.add_crvq(n + ".crvq_codebooks", *q.crvq, names);
+            }
+            rows.push_back(q.row);
+            continue;
+        }
+        const svq::tensor_info& t = c->info(n);
+        const svq::safetensors_file* f = c->file_of(n);
+        if (f) writer.add_tensor_bytes(n, t.type, t.shape, f->data(t));
+        else writer.add_tensor(n, c->to_float(n), t.shape);
+        rows.push_back({n, shape_text(t.shape), std::string(svq::dtype_name(t.type)),
+                        8.0 * static_cast<double>(svq::dtype_size(t.type)), 0.0, false});
     }
     progress.done();
     const double elapsed = seconds_since(t0);
@@ -409,9 +458,7 @@ int run_quantize(const quantize_args& a) {
     std::size_t wn = 24;
     for (const tensor_row& x : rows) wn = std::max(wn, x.name.size());
     std::printf("%-*s  %-11s  %-55s  %7s  %9s\n", static_cast<int>(wn), "tensor", "shape", "config", "bpw", "SQNR dB");
-    double weighted_bits = 0.0;
     for (const tensor_row& x : rows) {
-        if (x.quantized) weighted_bits += x.bpw;
         std::printf("%-*s  %-11s  %-55s  %7.4f  %9s\n", static_cast<int>(wn), x.name.c_str(), x.shape.c_str(),
                     x.config.c_str(), x.bpw, x.quantized ? fmt::format("{:.2f}", x.sqnr).c_str() : "-");
     }
