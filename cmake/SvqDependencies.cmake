@@ -47,6 +47,17 @@ if(NOT SVQ_XXHASH_INCLUDE_DIR)
     set(SVQ_XXHASH_FETCHED ON)
 endif()
 
+# The command-line parser of the tool and the examples (header-only): Debian's
+# libcli11-dev (/usr/share/cmake/CLI11/CLI11Config.cmake, target CLI11::CLI11).
+if(SVQ_BUILD_TOOLS OR SVQ_BUILD_EXAMPLES)
+    find_package(CLI11 CONFIG QUIET)
+    if(NOT CLI11_FOUND)
+        set(CLI11_PRECOMPILED OFF CACHE BOOL "" FORCE)
+        FetchContent_Declare(CLI11 GIT_REPOSITORY https://github.com/CLIUtils/CLI11.git GIT_TAG v2.4.2)
+        FetchContent_MakeAvailable(CLI11)
+    endif()
+endif()
+
 if(SVQ_BUILD_TESTS)
     find_package(Catch2 QUIET)
     if(NOT Catch2_FOUND)

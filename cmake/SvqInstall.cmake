@@ -20,6 +20,10 @@ install(TARGETS svq svq_io EXPORT svqTargets)
 if(SVQ_XXHASH_FETCHED)
     install(FILES "${SVQ_XXHASH_INCLUDE_DIR}/xxhash.h" DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}")
 endif()
+# The command-line tool (tools/, SVQ_BUILD_TOOLS), as bin/svq.
+if(TARGET svq_tool)
+    install(TARGETS svq_tool RUNTIME DESTINATION "${CMAKE_INSTALL_BINDIR}")
+endif()
 install(EXPORT svqTargets
         NAMESPACE svq::
         DESTINATION "${SVQ_INSTALL_CMAKEDIR}")

@@ -2,9 +2,14 @@
 // tinystories_valid_sample.txt, perplexity on the sampled evaluation set,
 // and a greedy story from BOS.
 //
-// usage: llama2_run [data_dir]   (default: SVQ_DATA_DIR)
+// usage: llama2_run [--model FILE.safetensors] [--tokenizer FILE] [data_dir]   (default: SVQ_DATA_DIR)
+//
+// --model runs a safetensors model instead of data_dir/stories260K.bin: the
+// shipped models/stories260K/model.safetensors or an svq file made from it by
+// `svq quantize` (its matrices decoded to floats), with the shipped tokenizer.
 #include "common/args.hpp"
 #include "common/llama2.hpp"
+#include "common/llama2_safetensors.hpp"
 
 #include <fmt/format.h>
 
@@ -17,13 +22,20 @@ int main(int argc, char** argv) try {
     namespace fs = std::filesystem;
     namespace llama2 = svq::llama2;
     fs::path data_dir = SVQ_DATA_DIR;
+    fs::path safetensors_model;
+    fs::path tokenizer_path;
     svq::examples::arg_parser args("llama2_run",
                                    "stories260K in float32: real-text and sampled-set perplexity, and a greedy story.");
+    args.option("--model", "FILE", safetensors_model,
+                "a .safetensors model (float, or an svq file from `svq quantize`) instead of data_dir/stories260K.bin")
+        .option("--tokenizer", "FILE", tokenizer_path,
+                "tokenizer (default: data_dir/tok512.bin; with --model, models/stories260K/tokenizer.bin)");
     args.positional("data_dir", data_dir,
                     "directory with stories260K.bin, tok512.bin and tinystories_valid_sample.txt");
     args.parse(argc, argv);
-    const fs::path model_path = data_dir / "stories260K.bin";
-    const fs::path tokenizer_path = data_dir / "tok512.bin";
+    const fs::path model_path = safetensors_model.empty() ? data_dir / "stories260K.bin" : safetensors_model;
+    if (tokenizer_path.empty())
+        tokenizer_path = safetensors_model.empty() ? data_dir / "tok512.bin" : fs::path(SVQ_MODELS_DIR) / "stories260K" / "tokenizer.bin";
     const fs::path text_path = data_dir / "tinystories_valid_sample.txt";
     for (const fs::path& p : {model_path, tokenizer_path, text_path}) {
         if (!fs::exists(p)) {
@@ -31,7 +43,8 @@ int main(int argc, char** argv) try {
             return 0;
         }
     }
-    const llama2::model m = llama2::model::load(model_path);
+    const llama2::model m =
+        safetensors_model.empty() ? llama2::model::load(model_path) : llama2::load_safetensors(model_path);
     const llama2::tokenizer tok = llama2::tokenizer::load(tokenizer_path, m.config().vocab_size);
     const llama2::config& c = m.config();
     fmt::print(

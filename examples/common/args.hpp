@@ -1,4 +1,4 @@
-// The examples' command-line parser. An example registers its flags, valued
+// The examples' command-line parser, over CLI11 (as the svq tool's). An example registers its flags, valued
 // options and optional positional arguments, each with a help line and the
 // variable it sets (whose value at registration is the default), then parses
 // argv. The usage text is generated from the registrations; --help (or -h)
@@ -22,6 +22,7 @@
 
 #include <svq/error.hpp>
 
+#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -218,70 +219,32 @@ public:
         return option("--data", "DIR", dir, fmt::format("directory with {}", files));
     }
 
+    // The help text (CLI11's, from the registrations; defaults shown as "=value").
     [[nodiscard]] std::string usage() const {
-        std::string text = "usage: " + program_;
-        const std::size_t indent = text.size() + 1;
-        std::size_t line_start = 0;
-        for (const entry& e : entries_) {
-            const std::string item = "[" + e.name + (e.k == kind::option ? " " + e.metavar : "") + "]";
-            if (text.size() - line_start + 1 + item.size() > line_width) {
-                text += "\n";
-                line_start = text.size();
-                text += std::string(indent - 1, ' ');
-            }
-            text += " " + item;
-        }
-        text += "\n";
-        if (!about_.empty()) text += "\n" + about_ + "\n";
-        std::size_t width = help_name.size();
-        for (const entry& e : entries_) width = std::max(width, left_column(e).size());
-        const auto line = [&](std::string_view left, std::string_view help, std::string_view shown) {
-            text += fmt::format("  {:<{}}  {}{}\n", left, width, help,
-                                shown.empty() ? std::string() : fmt::format(" (default: {})", shown));
-        };
-        if (std::any_of(entries_.begin(), entries_.end(), [](const entry& e) { return e.k == kind::positional; })) {
-            text += "\narguments:\n";
-            for (const entry& e : entries_)
-                if (e.k == kind::positional) line(left_column(e), e.help, e.shown);
-        }
-        text += "\noptions:\n";
-        for (const entry& e : entries_)
-            if (e.k != kind::positional) line(left_column(e), e.help, e.shown);
-        line(help_name, "print this help and exit", {});
-        return text;
+        CLI::App app;
+        build(app);
+        return app.help();
     }
 
     // Sets the registered variables from args (argv without the program
     // name). Returns false when --help or -h came (the arguments after it are
-    // not read); throws svq::invalid_argument on a bad argument.
+    // not read); throws svq::invalid_argument on a bad argument (CLI11's
+    // message: an unknown option, a missing value; or the conversion's,
+    // naming the option and the value).
     [[nodiscard]] bool parse_args(std::span<const std::string_view> args) const {
-        std::size_t next_positional = 0;
-        for (std::size_t i = 0; i < args.size(); ++i) {
-            const std::string_view a = args[i];
+        for (const std::string_view a : args) {
             if (a == "--help" || a == "-h") return false;
-            const entry* e = nullptr;
-            if (a.starts_with('-')) {
-                for (const entry& candidate : entries_)
-                    if (candidate.k != kind::positional && candidate.name == a) e = &candidate;
-            } else {
-                for (std::size_t seen = 0; const entry& candidate : entries_)
-                    if (candidate.k == kind::positional && seen++ == next_positional) e = &candidate;
-                if (e != nullptr) {
-                    ++next_positional;
-                    e->set(a);
-                    continue;
-                }
-            }
-            if (e == nullptr)
-                throw svq::invalid_argument(
-                    fmt::format("{} argument '{}' (try --help)", a.starts_with('-') ? "unknown" : "unexpected", a));
-            if (e->k == kind::flag) {
-                e->set({});
-            } else {
-                if (i + 1 >= args.size())
-                    throw svq::invalid_argument(fmt::format("{} needs a value ({})", a, e->metavar));
-                e->set(args[++i]);
-            }
+            if (a == "--") break;
+        }
+        CLI::App app;
+        build(app);
+        std::vector<std::string> reversed(args.rbegin(), args.rend());  // CLI11 takes them last first
+        try {
+            app.parse(reversed);
+        } catch (const CLI::CallForHelp&) {
+            return false;
+        } catch (const CLI::ParseError& e) {
+            throw svq::invalid_argument(fmt::format("{} (try --help)", e.what()));
         }
         return true;
     }
@@ -310,10 +273,26 @@ private:
         kind k;
         std::function<void(std::string_view)> set;
     };
-    static constexpr std::size_t line_width = 100;
-    static constexpr std::string_view help_name = "-h, --help";
 
-    static std::string left_column(const entry& e) { return e.k == kind::option ? e.name + " " + e.metavar : e.name; }
+    // The CLI11 application of the registrations: each option a string
+    // whose value goes through the entry's conversion (args_detail::read_value);
+    // a repeated option keeps its last value.
+    void build(CLI::App& app) const {
+        app.name(program_);
+        app.description(about_);
+        app.set_help_flag("-h,--help", "print this help and exit");
+        for (const entry& e : entries_) {
+            const std::function<void(std::string_view)> set = e.set;
+            if (e.k == kind::flag) {
+                app.add_flag_callback(e.name, [set] { set({}); }, e.help);
+                continue;
+            }
+            CLI::Option* o = app.add_option_function<std::string>(
+                e.name, [set](const std::string& v) { set(v); }, e.help);
+            o->type_name(e.metavar)->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+            if (!e.shown.empty()) o->default_str(e.shown);
+        }
+    }
 
     void check_new(const std::string& name) const {
         if (!name.starts_with('-') || name == "-h" || name == "--help")

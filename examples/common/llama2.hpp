@@ -91,6 +91,22 @@ inline constexpr std::array<linear_kind, linears_per_layer> all_linear_kinds = {
     return "?";
 }
 
+// The Hugging Face Llama name of linear layer (layer, kind), as
+// scripts/convert_stories260k.py writes it (models/stories260K/README.md).
+[[nodiscard]] inline std::string hf_linear_name(int layer, linear_kind kind) {
+    const char* suffix = "";
+    switch (kind) {
+        case linear_kind::wq: suffix = "self_attn.q_proj"; break;
+        case linear_kind::wk: suffix = "self_attn.k_proj"; break;
+        case linear_kind::wv: suffix = "self_attn.v_proj"; break;
+        case linear_kind::wo: suffix = "self_attn.o_proj"; break;
+        case linear_kind::w1: suffix = "mlp.gate_proj"; break;
+        case linear_kind::w2: suffix = "mlp.down_proj"; break;
+        case linear_kind::w3: suffix = "mlp.up_proj"; break;
+    }
+    return fmt::format("model.layers.{}.{}.weight", layer, suffix);
+}
+
 // Identity and shape of one linear layer y = W x, W stored [rows, cols] row-major.
 struct linear_info {
     std::string name;  // "layers.3.w2"
@@ -360,6 +376,54 @@ public:
             m.classifier_ = take(vocab * dim, "classifier");
         }
         m.derive();
+        return m;
+    }
+
+    // Reads a model from named tensors (Hugging Face Llama names:
+    // hf_linear_name, model.embed_tokens.weight, model.layers.{i}.
+    // input_layernorm.weight / post_attention_layernorm.weight,
+    // model.norm.weight, lm_head.weight when not shared). get(name, count)
+    // returns the tensor's count floats or throws. The stored RoPE tables are
+    // left empty (forward computes its own). `source` names the origin in
+    // errors. Throws corrupt_data for a bad configuration, a wrong size or a
+    // weight that is not finite.
+    static model from_tensors(const llama2::config& cfg, const std::string& source,
+                              const std::function<std::vector<float>(const std::string&, std::size_t)>& get) {
+        validate(cfg, source);
+        model m;
+        m.config_ = cfg;
+        auto take = [&](const std::string& name, std::size_t count) {
+            std::vector<float> values = get(name, count);
+            if (values.size() != count) {
+                throw corrupt_data(fmt::format("'{}': tensor {} has {} values, the configuration needs {}", source, name,
+                                               values.size(), count));
+            }
+            for (std::size_t i = 0; i < count; ++i) {
+                if (!std::isfinite(values[i])) {
+                    throw corrupt_data(fmt::format("'{}': tensor {} element {} is {}", source, name, i, values[i]));
+                }
+            }
+            return values;
+        };
+        const auto dim = static_cast<std::size_t>(cfg.dim);
+        const auto vocab = static_cast<std::size_t>(cfg.vocab_size);
+        m.token_embedding_ = take("model.embed_tokens.weight", vocab * dim);
+        m.layers_.resize(static_cast<std::size_t>(cfg.n_layers));
+        m.derive();
+        for (const linear_info& info : m.linear_infos_) {
+            m.layers_[static_cast<std::size_t>(info.layer)].linear(info.kind) =
+                take(hf_linear_name(info.layer, info.kind),
+                     static_cast<std::size_t>(info.rows) * static_cast<std::size_t>(info.cols));
+        }
+        for (int l = 0; l < cfg.n_layers; ++l) {
+            layer_weights& w = m.layers_[static_cast<std::size_t>(l)];
+            w.rms_att = take(fmt::format("model.layers.{}.input_layernorm.weight", l), dim);
+            w.rms_ffn = take(fmt::format("model.layers.{}.post_attention_layernorm.weight", l), dim);
+        }
+        m.rms_final_ = take("model.norm.weight", dim);
+        if (!cfg.shared_classifier) {
+            m.classifier_ = take("lm_head.weight", vocab * dim);
+        }
         return m;
     }
 

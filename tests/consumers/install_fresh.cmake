@@ -1,5 +1,6 @@
 # cmake -DSVQ_SOURCE_DIR=<source tree> -DSVQ_BUILD_DIR=<build tree> -DSVQ_PREFIX=<prefix>
 #       -DSVQ_INCLUDEDIR=<include dir> -DSVQ_CMAKEDIR=<package config dir> [-DSVQ_CONFIG=<cfg>]
+#       [-DSVQ_TOOL=<the svq binary, relative to the prefix, when the tool is built>]
 #       -P install_fresh.cmake          (the two dirs relative to the prefix)
 # Installs the build tree into an emptied prefix (so a header deleted from the
 # sources cannot linger there and hide a packaging bug) and checks that the
@@ -32,6 +33,17 @@ foreach(installed
         message(FATAL_ERROR "cmake --install did not produce ${SVQ_PREFIX}/${installed}")
     endif()
 endforeach()
+
+# The command-line tool (tools/), installed with the library, runs from the prefix.
+if(SVQ_TOOL)
+    if(NOT EXISTS "${SVQ_PREFIX}/${SVQ_TOOL}")
+        message(FATAL_ERROR "cmake --install did not produce the tool ${SVQ_PREFIX}/${SVQ_TOOL}")
+    endif()
+    execute_process(COMMAND "${SVQ_PREFIX}/${SVQ_TOOL}" --version RESULT_VARIABLE tool_result OUTPUT_VARIABLE tool_version)
+    if(NOT tool_result EQUAL 0 OR NOT tool_version MATCHES "^svq ")
+        message(FATAL_ERROR "${SVQ_PREFIX}/${SVQ_TOOL} --version: exit ${tool_result}, output '${tool_version}'")
+    endif()
+endif()
 
 # Every header of the source tree must be installed, or a user's #include fails.
 file(GLOB_RECURSE source_headers RELATIVE "${SVQ_SOURCE_DIR}/include" "${SVQ_SOURCE_DIR}/include/svq/*.hpp")
