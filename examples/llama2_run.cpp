@@ -29,13 +29,12 @@ int main(int argc, char** argv) try {
     args.option("--model", "FILE", safetensors_model,
                 "a .safetensors model (float, or an svq file from `svq quantize`) instead of data_dir/stories260K.bin")
         .option("--tokenizer", "FILE", tokenizer_path,
-                "tokenizer (default: data_dir/tok512.bin; with --model, models/stories260K/tokenizer.bin)");
+                "tokenizer (default: data_dir/tok512.bin)");
     args.positional("data_dir", data_dir,
                     "directory with stories260K.bin, tok512.bin and tinystories_valid_sample.txt");
     args.parse(argc, argv);
     const fs::path model_path = safetensors_model.empty() ? data_dir / "stories260K.bin" : safetensors_model;
-    if (tokenizer_path.empty())
-        tokenizer_path = safetensors_model.empty() ? data_dir / "tok512.bin" : fs::path(SVQ_MODELS_DIR) / "stories260K" / "tokenizer.bin";
+    if (tokenizer_path.empty()) tokenizer_path = data_dir / "tok512.bin";
     const fs::path text_path = data_dir / "tinystories_valid_sample.txt";
     for (const fs::path& p : {model_path, tokenizer_path, text_path}) {
         if (!fs::exists(p)) {

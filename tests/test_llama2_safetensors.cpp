@@ -108,11 +108,11 @@ TEST_CASE("llama2 from an svq file has the perplexity of the same model quantize
     CHECK(a.perplexity < 1.5 * f.perplexity);  // but not much at 3.25 bpw
 
     const fs::path text = data_dir / "tinystories_valid_sample.txt";
-    if (!fs::exists(text)) {
+    if (!fs::exists(text) || !fs::exists(data_dir / "tok512.bin")) {
         WARN("data absent (" << data_dir.string() << "): real-text perplexity of the svq file skipped");
         return;
     }
-    const llama2::tokenizer tok = llama2::tokenizer::load(shipped / "tokenizer.bin", c.vocab_size);
+    const llama2::tokenizer tok = llama2::tokenizer::load(data_dir / "tok512.bin", c.vocab_size);
     const std::vector<std::string> documents = llama2::read_lines(text);
     const llama2::perplexity_result ta = llama2::evaluate_text(loaded, tok, documents);
     const llama2::perplexity_result tb = llama2::evaluate_text(in_memory, tok, documents);
