@@ -12,10 +12,12 @@
 #include "catch.hpp"
 #include "support.hpp"
 
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -90,6 +92,50 @@ TEST_CASE("safetensors: floats round-trip in F32, F16 and BF16, aligned, with me
     REQUIRE_THROWS_AS(w.add_floats("e", big, {1}, svq::dtype::f16), svq::overflow_error);
     REQUIRE_THROWS_AS(w.add_floats("a.f16", v, {30}), svq::invalid_argument);  // twice
     REQUIRE_THROWS_AS(w.add_floats("f", v, {7, 5}), svq::invalid_argument);    // shape disagrees
+}
+
+TEST_CASE("F16 -> float: all 65,536 values against the closed form", "[io]") {
+    // (-1)^s * m * 2^-24 for exponent 0, (-1)^s * (1024 + m) * 2^(e - 25) otherwise, inf/NaN for e = 31.
+    for (std::uint32_t h = 0; h < 65536; ++h) {
+        const std::uint32_t e = (h >> 10) & 31u, m = h & 1023u;
+        const double sign = (h & 0x8000u) ? -1.0 : 1.0;
+        const float got = svq::half_to_float(static_cast<std::uint16_t>(h));
+        INFO("half 0x" << std::hex << h);
+        if (e == 31 && m != 0) {
+            REQUIRE(std::isnan(got));
+            REQUIRE(std::signbit(got) == ((h & 0x8000u) != 0));
+            continue;
+        }
+        const double want = e == 31  ? sign * std::numeric_limits<double>::infinity()
+                            : e == 0 ? sign * std::ldexp(static_cast<double>(m), -24)
+                                     : sign * std::ldexp(static_cast<double>(1024 + m), static_cast<int>(e) - 25);
+        REQUIRE(static_cast<double>(got) == want);
+        REQUIRE(std::signbit(got) == ((h & 0x8000u) != 0));  // -0 stays -0
+        if (e != 31) REQUIRE(svq::float_to_half(got) == h);  // and round-trips
+    }
+}
+
+TEST_CASE("safetensors: to_float into a caller's buffer, over threads, equals to_float", "[io]") {
+    // 5000 elements: the slices of whole 1024-float pages end in a partial page.
+    const std::vector<float> v = gaussian(5000, 3);
+    std::vector<double> d(v.begin(), v.end());
+    svq::safetensors_writer w;
+    for (const svq::dtype t : {svq::dtype::f32, svq::dtype::f16, svq::dtype::bf16})
+        w.add_floats(std::string(svq::dtype_name(t)), v, {50, 100}, t);
+    w.add("F64", svq::dtype::f64, {5000}, std::as_bytes(std::span<const double>(d)));
+    const svq::safetensors_file f = parse(w.to_bytes());
+    for (const std::string name : {"F32", "F16", "BF16", "F64"}) {
+        INFO(name);
+        const std::vector<float> whole = f.to_float(name);
+        for (const unsigned threads : {1u, 2u, 3u}) {
+            std::vector<float> out(5000, -1.0f);
+            f.to_float(name, out, threads);
+            CHECK(same_bits(out, whole));
+        }
+    }
+    std::vector<float> wrong(4999);
+    REQUIRE_THROWS_AS(f.to_float("F16", wrong), svq::invalid_argument);
+    REQUIRE_THROWS_WITH(f.to_float("F16", wrong), Catch::Contains("5000") && Catch::Contains("4999"));
 }
 
 TEST_CASE("safetensors: every malformed header is a typed error naming the file and tensor", "[io]") {

@@ -117,6 +117,19 @@ TEST_CASE("decode_row, dequantize and a matrix rebuilt from its parts agree") {
     const svq::quantized_matrix copy(rows, cols, q.config(), q.reference_scale(),
                                      std::vector<std::uint64_t>(q.words().begin(), q.words().end()));
     REQUIRE(copy.dequantize() == all);
+    // A run of rows through decode_rows; an empty run; runs past the end refused.
+    std::vector<float> run(5 * cols);
+    q.decode_rows(9, 5, run);
+    REQUIRE(std::equal(run.begin(), run.end(), all.begin() + 9 * cols));
+    q.decode_rows(rows, 0, std::span<float>());
+    REQUIRE_THROWS_AS(q.decode_rows(12, 5, std::span<float>(run)), svq::invalid_argument);
+    REQUIRE_THROWS_AS(q.decode_rows(9, 4, std::span<float>(run)), svq::invalid_argument);  // output size
+    // Split over threads (including more threads than rows): the same floats.
+    for (const unsigned threads : {2u, 3u, 40u}) {
+        std::vector<float> split(rows * cols, -1.0f);
+        q.dequantize(split, threads);
+        REQUIRE(split == all);
+    }
     // Rotation is undone: the error is small in the original basis.
     CHECK(svq::sqnr_db(w, all) > 10.0);
 }

@@ -30,15 +30,16 @@ inline std::uint16_t float_to_half(float value) noexcept {
 }
 
 inline float half_to_float(std::uint16_t h) noexcept {
+    // Branch-free (selects only, so a conversion loop vectorises): the
+    // exponent and mantissa shifted into place and rebiased (15 -> 127);
+    // infinity and NaN (exponent 31) rebiased once more to exponent 255;
+    // zero and subnormals (exponent 0) are the integer mantissa * 2^-24, exact.
     const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
-    const std::uint32_t exp = (h >> 10) & 0x1fu;
-    const std::uint32_t man = h & 0x3ffu;
-    if (exp == 0) {
-        const float v = std::ldexp(static_cast<float>(man), -24);
-        return sign ? -v : v;
-    }
-    if (exp == 31) return std::bit_cast<float>(sign | 0x7f800000u | (man << 13));
-    return std::bit_cast<float>(sign | ((exp + 112u) << 23) | (man << 13));
+    const std::uint32_t em = h & 0x7fffu;
+    std::uint32_t bits = (em << 13) + (112u << 23);
+    bits += em >= 0x7c00u ? (112u << 23) : 0u;
+    const std::uint32_t small = std::bit_cast<std::uint32_t>(static_cast<float>(em) * 0x1p-24f);
+    return std::bit_cast<float>((em < 0x0400u ? small : bits) | sign);
 }
 
 // bfloat16 -> float: exact (the bits are the float's top half).

@@ -14,8 +14,10 @@
 
 #include <cstddef>
 #include <filesystem>
+#include <algorithm>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -95,6 +97,18 @@ public:
     std::vector<float> to_float(const std::string& name) const {
         if (npy_ && name == order_.front()) return npy_->values;
         return shard(name).to_float(name);
+    }
+    // The same into the caller's buffer (exactly its element count), the
+    // conversion split over `threads` (safetensors_file::to_float).
+    void to_float(const std::string& name, std::span<float> out, unsigned threads = 1) const {
+        if (npy_ && name == order_.front()) {
+            if (out.size() != npy_->values.size())
+                throw invalid_argument(fmt::format("checkpoint: array '{}' has {} elements, the output {}", name,
+                                                   npy_->values.size(), out.size()));
+            std::copy(npy_->values.begin(), npy_->values.end(), out.begin());
+            return;
+        }
+        shard(name).to_float(name, out, threads);
     }
     // Its file (a shard, or the file opened) when it is in a safetensors file, else null.
     const safetensors_file* file_of(const std::string& name) const {

@@ -20,6 +20,7 @@
 #pragma once
 
 #include <svq/core/half.hpp>
+#include <svq/core/parallel.hpp>
 #include <svq/error.hpp>
 #include <svq/io/mapped_file.hpp>
 
@@ -260,33 +261,55 @@ public:
     // Throws svq::invalid_argument naming the file, the tensor and its dtype
     // for any other type.
     std::vector<float> to_float(const std::string& name) const {
-        const tensor_info& t = at(name);
-        std::vector<float> out(t.elements());
-        const std::span<const std::byte> b = data(t);
-        switch (t.type) {
-            case dtype::f32:
-                if (!out.empty()) std::memcpy(out.data(), b.data(), b.size());
-                break;
-            case dtype::f16:
-            case dtype::bf16:
-                for (std::size_t i = 0; i < out.size(); ++i) {
-                    std::uint16_t h;
-                    std::memcpy(&h, b.data() + 2 * i, 2);
-                    out[i] = t.type == dtype::f16 ? half_to_float(h) : bf16_to_float(h);
-                }
-                break;
-            case dtype::f64:
-                for (std::size_t i = 0; i < out.size(); ++i) {
-                    double d;
-                    std::memcpy(&d, b.data() + 8 * i, 8);
-                    out[i] = static_cast<float>(d);
-                }
-                break;
-            default:
-                throw invalid_argument(fmt::format("{}: tensor '{}' is {}; svq reads F32, F16, BF16 and F64 as floats",
-                                                   path(), name, dtype_name(t.type)));
-        }
+        std::vector<float> out(at(name).elements());
+        to_float(name, out);
         return out;
+    }
+    // The same into the caller's buffer (exactly its element count), the
+    // conversion split over `threads` (0: all cores): a large tensor goes into
+    // memory the caller has prepared (reused, or backed by huge pages)
+    // without a page of it touched twice. Throws svq::invalid_argument for a
+    // wrong output size or a dtype that is not a float.
+    void to_float(const std::string& name, std::span<float> out, unsigned threads = 1) const {
+        const tensor_info& t = at(name);
+        if (out.size() != t.elements())
+            throw invalid_argument(fmt::format("{}: tensor '{}' has {} elements, the output {}", path(), name,
+                                               t.elements(), out.size()));
+        if (t.type != dtype::f32 && t.type != dtype::f16 && t.type != dtype::bf16 && t.type != dtype::f64)
+            throw invalid_argument(fmt::format("{}: tensor '{}' is {}; svq reads F32, F16, BF16 and F64 as floats",
+                                               path(), name, dtype_name(t.type)));
+        const std::byte* b = data(t).data();
+        // Slices of whole 4 kB output pages, converted one dtype loop each.
+        const std::size_t page = 1024, pages = (out.size() + page - 1) / page;
+        detail::parallel_slices(pages, threads, [&](std::size_t first, std::size_t last) {
+            const std::size_t begin = first * page, end = std::min(out.size(), last * page);
+            float* o = out.data();
+            switch (t.type) {
+                case dtype::f32:
+                    if (end > begin) std::memcpy(o + begin, b + 4 * begin, 4 * (end - begin));
+                    break;
+                case dtype::f16:
+                    for (std::size_t i = begin; i < end; ++i) {
+                        std::uint16_t h;
+                        std::memcpy(&h, b + 2 * i, 2);
+                        o[i] = half_to_float(h);
+                    }
+                    break;
+                case dtype::bf16:
+                    for (std::size_t i = begin; i < end; ++i) {
+                        std::uint16_t h;
+                        std::memcpy(&h, b + 2 * i, 2);
+                        o[i] = bf16_to_float(h);
+                    }
+                    break;
+                default:  // f64
+                    for (std::size_t i = begin; i < end; ++i) {
+                        double d;
+                        std::memcpy(&d, b + 8 * i, 8);
+                        o[i] = static_cast<float>(d);
+                    }
+            }
+        });
     }
 
 private:

@@ -299,13 +299,28 @@ public:
         decode_original(r, out.data(), b);
     }
 
-    // All rows, row-major (rows * cols floats).
-    void dequantize(std::span<float> out) const {
+    // Rows first .. first + count - 1 (count * cols floats, row-major): a
+    // matrix streamed through a small buffer, a block of rows at a time.
+    void decode_rows(std::size_t first, std::size_t count, std::span<float> out) const {
+        if (first > rows() || count > rows() - first)
+            throw invalid_argument(
+                fmt::format("decode_rows: rows {} .. {} of a matrix of {} rows", first, first + count, rows()));
+        if (out.size() != count * cols())
+            throw invalid_argument(fmt::format("decode_rows: output has {} entries, {} rows of {} need {}", out.size(),
+                                               count, cols(), count * cols()));
+        row_buffers b = make_buffers();
+        for (std::size_t r = 0; r < count; ++r) decode_original(first + r, out.data() + r * cols(), b);
+    }
+
+    // All rows, row-major (rows * cols floats), split over `threads` (0: all
+    // cores; the same floats whatever the count).
+    void dequantize(std::span<float> out, unsigned threads = 1) const {
         if (out.size() != rows() * cols())
             throw invalid_argument(
                 fmt::format("dequantize: output has {} entries, the matrix {} x {}", out.size(), rows(), cols()));
-        row_buffers b = make_buffers();
-        for (std::size_t r = 0; r < rows(); ++r) decode_original(r, out.data() + r * cols(), b);
+        detail::parallel_slices(rows(), threads, [&](std::size_t first, std::size_t last) {
+            decode_rows(first, last - first, out.subspan(first * cols(), (last - first) * cols()));
+        });
     }
     std::vector<float> dequantize() const {
         std::vector<float> out(rows() * cols());
