@@ -12,6 +12,7 @@
 #include <svq/quantize.hpp>
 
 #include "harnesses.hpp"
+#include "../tests/support/method_zoo.hpp"
 
 #include <cstdio>
 #include <cstring>
@@ -25,25 +26,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::vector<float> gaussian(std::size_t n, std::uint64_t seed, float scale = 1.0f) {
-    std::mt19937_64 rng(seed);
-    std::normal_distribution<float> d(0.0f, scale);
-    std::vector<float> v(n);
-    for (float& x : v) x = d(rng);
-    return v;
-}
-
-svq::matrix_config config(std::size_t n, std::size_t k, unsigned gain_bits, unsigned scale_bits, bool rotate,
-                          std::uint64_t seed = svq::matrix_config{}.seed) {
-    svq::matrix_config c;
-    c.group_dim = n;
-    c.pulses = k;
-    c.gain_bits = gain_bits;
-    c.row_scale_bits = scale_bits;
-    c.rotate = rotate;
-    c.seed = seed;
-    return c;
-}
+using svq::test::gaussian;
 
 std::size_t written = 0, total_bytes = 0;
 
@@ -196,40 +179,9 @@ void npy_corpus(const fs::path& dir) {
 }
 
 // ---- svq metadata: quantized files of each method ----
-struct models {
-    std::size_t rows = 8, cols = 40;
-    std::vector<float> w = gaussian(rows * cols, 11);
-    svq::quantized_matrix plain = svq::quantize(w, rows, cols, config(16, 20, 4, 16, true));
-    svq::quantized_matrix plain8 = svq::quantize(w, rows, cols, config(8, 12, 5, 8, false));
-    svq::quantized_matrix hessian = [&] {
-        std::vector<double> h(cols * cols, 0.0);
-        const std::vector<float> x = gaussian(4 * cols * cols, 12);
-        for (std::size_t s = 0; s < 4 * cols; ++s)
-            for (std::size_t i = 0; i < cols; ++i)
-                for (std::size_t j = 0; j < cols; ++j) h[i * cols + j] += double{x[s * cols + i]} * x[s * cols + j];
-        return svq::quantize(w, rows, cols, {.config = config(8, 12, 4, 16, true), .hessian = h});
-    }();
-    svq::rtn_matrix rtn = svq::rtn_quantize(w, rows, cols, {4, 16});
-    svq::crvq_model<svq::kmeans_base> ck = [&] {
-        svq::crvq_config<svq::kmeans_base> c;
-        c.base.dim = 4;
-        c.base.bits = 4;
-        c.base.row_scale_bits = 8;
-        c.extended_codebooks = 2;
-        c.extended_dim = 4;
-        c.extended_bits = 3;
-        c.critical_fraction = 0.1;
-        return svq::crvq_quantize(w, rows, cols, {}, c);
-    }();
-    svq::crvq_model<svq::pvq_base> cp = [&] {
-        svq::crvq_config<svq::pvq_base> c;
-        c.base.config = config(8, 10, 4, 16, false);
-        c.extended_codebooks = 1;
-        c.extended_dim = 4;
-        c.extended_bits = 3;
-        c.critical_fraction = 0.05;
-        return svq::crvq_quantize(w, rows, cols, {}, c);
-    }();
+// One result of each method (tests/support/method_zoo.hpp, its small shape) and a plain tensor.
+struct models : svq::test::method_zoo {
+    models() : method_zoo(svq::test::small_zoo_shape()) {}
     std::vector<float> embedding = gaussian(4 * 6, 13);
 };
 

@@ -11,6 +11,7 @@
 
 #include "catch.hpp"
 #include "support.hpp"
+#include "support/method_zoo.hpp"
 
 #include <cmath>
 #include <cstdio>
@@ -26,13 +27,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::vector<float> gaussian(std::size_t n, std::uint64_t seed, float scale = 1.0f) {
-    std::mt19937_64 rng(seed);
-    std::normal_distribution<float> d(0.0f, scale);
-    std::vector<float> v(n);
-    for (float& x : v) x = d(rng);
-    return v;
-}
+using svq::test::gaussian;
 
 // A fresh directory under the system's temporary one, removed at the end.
 struct temp_dir {
@@ -214,41 +209,9 @@ TEST_CASE("npy: float32/16/64 in either byte order and Fortran order read as num
 
 namespace {
 
-// One of each storable result, small enough for the corruption test.
-struct zoo {
-    std::size_t rows = 24, cols = 72;
-    std::vector<float> w = gaussian(rows * cols, 11);
-    svq::quantized_matrix plain = svq::quantize(w, rows, cols, svq::test::explicit_config(16, 20, 4, 16, true));
-    svq::quantized_matrix plain8 = svq::quantize(w, rows, cols, svq::test::explicit_config(32, 30, 5, 8, false));
-    svq::quantized_matrix hessian = [&] {
-        std::vector<double> h(cols * cols, 0.0);
-        const std::vector<float> x = gaussian(4 * cols * cols, 12);
-        for (std::size_t s = 0; s < 4 * cols; ++s)
-            for (std::size_t i = 0; i < cols; ++i)
-                for (std::size_t j = 0; j < cols; ++j) h[i * cols + j] += double{x[s * cols + i]} * x[s * cols + j];
-        return svq::quantize(w, rows, cols, {.config = svq::test::explicit_config(8, 12, 4, 16, true), .hessian = h});
-    }();
-    svq::rtn_matrix rtn = svq::rtn_quantize(w, rows, cols, {4, 32});
-    svq::crvq_model<svq::kmeans_base> ck = [&] {
-        svq::crvq_config<svq::kmeans_base> c;
-        c.base.dim = 4;
-        c.base.bits = 6;
-        c.base.row_scale_bits = 8;
-        c.extended_codebooks = 2;
-        c.extended_dim = 4;
-        c.extended_bits = 4;
-        c.critical_fraction = 0.1;
-        return svq::crvq_quantize(w, rows, cols, {}, c);
-    }();
-    svq::crvq_model<svq::pvq_base> cp = [&] {
-        svq::crvq_config<svq::pvq_base> c;
-        c.base.config = svq::test::explicit_config(8, 10, 4, 16, false);
-        c.extended_codebooks = 1;
-        c.extended_dim = 4;
-        c.extended_bits = 4;
-        c.critical_fraction = 0.05;
-        return svq::crvq_quantize(w, rows, cols, {}, c);
-    }();
+// One of each storable result (tests/support/method_zoo.hpp), small enough
+// for the corruption test, and a plain tensor.
+struct zoo : svq::test::method_zoo {
     std::vector<float> embedding = gaussian(10 * 6, 13);
 
     std::vector<std::byte> bytes() const {

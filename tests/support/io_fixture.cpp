@@ -18,6 +18,8 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "method_zoo.hpp"
+
 #include <cstdint>
 #include <exception>
 #include <filesystem>
@@ -28,23 +30,7 @@
 
 namespace {
 
-std::vector<float> gaussian(std::size_t n, std::uint64_t seed, float scale = 1.0f) {
-    std::mt19937_64 rng(seed);
-    std::normal_distribution<float> d(0.0f, scale);
-    std::vector<float> v(n);
-    for (float& x : v) x = d(rng);
-    return v;
-}
-
-svq::matrix_config config(std::size_t n, std::size_t k, unsigned gain_bits, unsigned scale_bits, bool rotate) {
-    svq::matrix_config c;
-    c.group_dim = n;
-    c.pulses = k;
-    c.gain_bits = gain_bits;
-    c.row_scale_bits = scale_bits;
-    c.rotate = rotate;
-    return c;
-}
+using svq::test::gaussian;
 
 using json = nlohmann::ordered_json;
 
@@ -93,34 +79,12 @@ json codebook_parts(const std::string& name, const svq::crvq_codebooks<B>& books
 
 int run(const std::filesystem::path& dir) {
     std::filesystem::create_directories(dir);
-    const std::size_t rows = 24, cols = 72;
-    const std::vector<float> w = gaussian(rows * cols, 11);
-
-    const svq::quantized_matrix plain = svq::quantize(w, rows, cols, config(16, 20, 4, 16, true));
-    const svq::quantized_matrix plain8 = svq::quantize(w, rows, cols, config(32, 30, 5, 8, false));
-    std::vector<double> h(cols * cols, 0.0);
-    const std::vector<float> x = gaussian(4 * cols * cols, 12);
-    for (std::size_t s = 0; s < 4 * cols; ++s)
-        for (std::size_t i = 0; i < cols; ++i)
-            for (std::size_t j = 0; j < cols; ++j) h[i * cols + j] += double{x[s * cols + i]} * x[s * cols + j];
-    const svq::quantized_matrix hessian = svq::quantize(w, rows, cols, {.config = config(8, 12, 4, 16, true), .hessian = h});
-    const svq::rtn_matrix rtn = svq::rtn_quantize(w, rows, cols, {4, 32});
-    svq::crvq_config<svq::kmeans_base> ck_config;
-    ck_config.base.dim = 4;
-    ck_config.base.bits = 6;
-    ck_config.base.row_scale_bits = 8;
-    ck_config.extended_codebooks = 2;
-    ck_config.extended_dim = 4;
-    ck_config.extended_bits = 4;
-    ck_config.critical_fraction = 0.1;
-    const svq::crvq_model<svq::kmeans_base> ck = svq::crvq_quantize(w, rows, cols, {}, ck_config);
-    svq::crvq_config<svq::pvq_base> cp_config;
-    cp_config.base.config = config(8, 10, 4, 16, false);
-    cp_config.extended_codebooks = 1;
-    cp_config.extended_dim = 4;
-    cp_config.extended_bits = 4;
-    cp_config.critical_fraction = 0.05;
-    const svq::crvq_model<svq::pvq_base> cp = svq::crvq_quantize(w, rows, cols, {}, cp_config);
+    const svq::test::method_zoo zoo;
+    const std::size_t rows = zoo.rows, cols = zoo.cols;
+    const svq::quantized_matrix &plain = zoo.plain, &plain8 = zoo.plain8, &hessian = zoo.hessian;
+    const svq::rtn_matrix& rtn = zoo.rtn;
+    const svq::crvq_model<svq::kmeans_base>& ck = zoo.ck;
+    const svq::crvq_model<svq::pvq_base>& cp = zoo.cp;
 
     // Plain tensors; the F16 one holds values F16 rounds, the BF16 one a wide range.
     const std::vector<float> f32 = gaussian(10 * 6, 13);

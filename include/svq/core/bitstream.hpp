@@ -32,6 +32,9 @@ public:
         for (std::size_t done = 0; done < count; done += 64) write(limbs[done / 64], count - done < 64 ? count - done : 64);
     }
     std::size_t bits() const noexcept { return bits_; }
+    // Room for `words` words in all, so a stream of known length is written
+    // without a reallocation (each would copy and fault in a larger buffer).
+    void reserve_words(std::size_t words) { words_.reserve(words); }
     std::vector<std::uint64_t> take() && { return std::move(words_); }
 
 private:

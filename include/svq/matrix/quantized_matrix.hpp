@@ -434,6 +434,7 @@ std::vector<std::uint64_t> encode_rows(const Format& format, std::span<const flo
     std::vector<int> points(block * cols);
     std::vector<std::uint32_t> codes(block * groups), scale_codes(block);
     bit_writer out;
+    out.reserve_words(l.payload_words());
     for (std::size_t r0 = 0; r0 < rows; r0 += block) {
         const std::size_t n = std::min(block, rows - r0);
         parallel_slices(n, t, [&](std::size_t first, std::size_t end) {
