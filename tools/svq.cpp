@@ -20,6 +20,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <malloc.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -929,6 +930,13 @@ int run_bench(const bench_args& a) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    // Allocations up to 32 MB come from the heap, and freed memory stays in
+    // it for the next allocation: choosing a configuration builds and frees
+    // megabytes of index tables per candidate, and a fresh process would
+    // otherwise fault in every page of each anew.
+    ::mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    ::mallopt(M_TRIM_THRESHOLD, 256 << 20);
+    ::mallopt(M_TOP_PAD, 64 << 20);
     CLI::App app{"svq: quantize LLM weight files with pyramid vector quantization (docs/cli.md)", "svq"};
     app.option_defaults()->always_capture_default();
     app.require_subcommand(1);
