@@ -283,31 +283,21 @@ public:
         const std::size_t page = 1024, pages = (out.size() + page - 1) / page;
         detail::parallel_slices(pages, threads, [&](std::size_t first, std::size_t last) {
             const std::size_t begin = first * page, end = std::min(out.size(), last * page);
-            float* o = out.data();
+            // Element i from its `Stored` bytes (read unaligned) through `to`.
+            auto convert = [&]<class Stored>(Stored, auto to) {
+                for (std::size_t i = begin; i < end; ++i) {
+                    Stored v;
+                    std::memcpy(&v, b + sizeof(Stored) * i, sizeof(Stored));
+                    out[i] = to(v);
+                }
+            };
             switch (t.type) {
                 case dtype::f32:
-                    if (end > begin) std::memcpy(o + begin, b + 4 * begin, 4 * (end - begin));
+                    if (end > begin) std::memcpy(out.data() + begin, b + 4 * begin, 4 * (end - begin));
                     break;
-                case dtype::f16:
-                    for (std::size_t i = begin; i < end; ++i) {
-                        std::uint16_t h;
-                        std::memcpy(&h, b + 2 * i, 2);
-                        o[i] = half_to_float(h);
-                    }
-                    break;
-                case dtype::bf16:
-                    for (std::size_t i = begin; i < end; ++i) {
-                        std::uint16_t h;
-                        std::memcpy(&h, b + 2 * i, 2);
-                        o[i] = bf16_to_float(h);
-                    }
-                    break;
-                default:  // f64
-                    for (std::size_t i = begin; i < end; ++i) {
-                        double d;
-                        std::memcpy(&d, b + 8 * i, 8);
-                        o[i] = static_cast<float>(d);
-                    }
+                case dtype::f16: convert(std::uint16_t{}, [](std::uint16_t h) { return half_to_float(h); }); break;
+                case dtype::bf16: convert(std::uint16_t{}, [](std::uint16_t h) { return bf16_to_float(h); }); break;
+                default: convert(double{}, [](double d) { return static_cast<float>(d); });  // f64
             }
         });
     }
