@@ -6,8 +6,11 @@
 // or 32, index in one word, matrix_decoder's dense path; rotated, as chosen),
 // 2 = the same configuration without the rotation (dequantize skips the
 // inverse Walsh-Hadamard transform: what it costs); gemv_batch has a third
-// argument, the number of vectors. Counters: dense (1 when the dense path
-// decodes), table_bytes (the full group's unrank tables).
+// argument, the number of vectors (1, 4, 16, 64), next to bm_float_gemm,
+// Eigen's float GEMM of as many vectors on the dequantized matrix (counter
+// vs_float_gemm); gemv_fused_threads runs two threads (counter vs_one_thread:
+// the one-thread fused GEMV in this run / this time). Counters: dense (1 when
+// the dense path decodes), table_bytes (the full group's unrank tables).
 // In the same run: the reference quantized_matrix::dequantize, a float GEMV
 // (Eigen) on the dequantized matrix, dequantize-then-GEMV, and a memcpy of the
 // packed bytes. items_per_second = weights per second (gemv_batch: weights x
@@ -44,7 +47,7 @@ const std::vector<float>& matrix() {
 }
 
 const std::vector<float>& vectors() {
-    static const std::vector<float> x = svq::examples::gaussian_matrix(32, side, 2);
+    static const std::vector<float> x = svq::examples::gaussian_matrix(64, side, 2);
     return x;
 }
 
@@ -53,6 +56,7 @@ struct prepared {
     std::unique_ptr<svq::matrix_decoder> dec;
     std::vector<float> wq;  // reference dequantized
     double memcpy_s = 0.0, float_gemv_s = 0.0;
+    std::map<std::size_t, double> float_gemm_s;  // vectors -> median seconds (float_gemm_seconds)
 };
 
 template <class F>
@@ -85,7 +89,7 @@ prepared& get(int bpw, int speed) {
         const svq::auto_config_options opt = speed != 0 ? svq::speed_config_options() : svq::auto_config_options{};
         svq::matrix_config c = svq::choose_config(matrix(), side, side, static_cast<double>(bpw), opt).config;
         if (speed == 2) c.rotate = false;
-        prepared p{svq::quantize(matrix(), side, side, c), nullptr, {}, 0.0, 0.0};
+        prepared p{svq::quantize(matrix(), side, side, c), nullptr, {}, 0.0, 0.0, {}};
         p.wq = p.q.dequantize();
         it = cache.emplace(key, std::move(p)).first;
         prepared& r = it->second;
@@ -212,25 +216,81 @@ void bm_gemv_dequantize_then_float(benchmark::State& state) {
     });
 }
 
+// Y = W X for `batch` vectors by Eigen's float GEMM on the dequantized matrix
+// (X: side x batch, column-major; batch 1 is Eigen's GEMV).
+void float_gemm(const std::vector<float>& w, const float* x, float* y, std::size_t batch) {
+    const Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> m(
+        w.data(), static_cast<Eigen::Index>(side), static_cast<Eigen::Index>(side));
+    const auto b = static_cast<Eigen::Index>(batch);
+    Eigen::Map<Eigen::MatrixXf>(y, static_cast<Eigen::Index>(side), b).noalias() =
+        m * Eigen::Map<const Eigen::MatrixXf>(x, static_cast<Eigen::Index>(side), b);
+}
+
+// Median seconds of Eigen's GEMM with `batch` vectors on p's dequantized matrix, measured once per run.
+double float_gemm_seconds(prepared& p, std::size_t batch) {
+    auto it = p.float_gemm_s.find(batch);
+    if (it != p.float_gemm_s.end()) return it->second;
+    std::vector<float> y(side * batch);
+    const double s = median_seconds([&] {
+        float_gemm(p.wq, vectors().data(), y.data(), batch);
+        benchmark::DoNotOptimize(y.data());
+    });
+    return p.float_gemm_s[batch] = s;
+}
+
+// Arguments (bpw, speed, vectors). Counter vs_float_gemm: Eigen's float GEMM
+// of the same vectors on the dequantized matrix (bm_float_gemm, median of 5
+// in this run) / this time.
 void bm_gemv_batch(benchmark::State& state) {
     prepared& p = get(static_cast<int>(state.range(0)), static_cast<int>(state.range(1)));
     const auto batch = static_cast<std::size_t>(state.range(2));
     std::vector<float> y(side * batch);
     const std::span<const float> x(vectors().data(), side * batch);
-    timed(state, p, static_cast<double>(side * side * batch), [&] {
+    const double gemm = float_gemm_seconds(p, batch);
+    timer tm;
+    for (auto _ : state) {
+        tm.start();
         p.dec->gemv_batch(x, y, batch);
+        benchmark::DoNotOptimize(y.data());
+        tm.stop();
+    }
+    finish(state, p, static_cast<double>(side * side * batch));
+    ratios(state, p, tm.total());
+    state.counters["vs_float_gemm"] =
+        gemm / (tm.total() / static_cast<double>(std::max<benchmark::IterationCount>(state.iterations(), 1)));
+}
+
+void bm_float_gemm(benchmark::State& state) {
+    prepared& p = get(static_cast<int>(state.range(0)), static_cast<int>(state.range(1)));
+    const auto batch = static_cast<std::size_t>(state.range(2));
+    std::vector<float> y(side * batch);
+    timed(state, p, static_cast<double>(side * side * batch), [&] {
+        float_gemm(p.wq, vectors().data(), y.data(), batch);
         benchmark::DoNotOptimize(y.data());
     });
 }
 
+// Two threads. Counter vs_one_thread: the one-thread fused GEMV (median of 5
+// in this run, just before) / this time.
 void bm_gemv_fused_threads(benchmark::State& state) {
     prepared& p = get(static_cast<int>(state.range(0)), static_cast<int>(state.range(1)));
     std::vector<float> y(side);
     const std::span<const float> x(vectors().data(), side);
-    timed(state, p, side * side, [&] {
-        p.dec->gemv(x, y, 2);
+    const double one = median_seconds([&] {
+        p.dec->gemv(x, y, 1);
         benchmark::DoNotOptimize(y.data());
     });
+    timer tm;
+    for (auto _ : state) {
+        tm.start();
+        p.dec->gemv(x, y, 2);
+        benchmark::DoNotOptimize(y.data());
+        tm.stop();
+    }
+    finish(state, p, side * side);
+    ratios(state, p, tm.total());
+    state.counters["vs_one_thread"] =
+        one / (tm.total() / static_cast<double>(std::max<benchmark::IterationCount>(state.iterations(), 1)));
 }
 
 // The fastest repetition (with --benchmark_repetitions): the run least
@@ -253,13 +313,12 @@ BENCHMARK(bm_gemv_dequantize_then_float)
     ->ArgsProduct({{2, 3, 4}, {0, 1, 2}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()->ComputeStatistics("min", fastest);
+BENCHMARK(bm_float_gemm)
+    ->ArgsProduct({{3}, {0, 1}, {1, 4, 16, 64}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()->ComputeStatistics("min", fastest);
 BENCHMARK(bm_gemv_batch)
-    ->Args({3, 0, 8})
-    ->Args({3, 0, 32})
-    ->Args({3, 1, 8})
-    ->Args({3, 1, 32})
-    ->Args({3, 2, 8})
-    ->Args({3, 2, 32})
+    ->ArgsProduct({{3}, {0, 1}, {1, 4, 16, 64}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()->ComputeStatistics("min", fastest);
 BENCHMARK(bm_gemv_fused_threads)

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -23,6 +24,7 @@
 #include <cstring>
 #include <random>
 #include <set>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -608,4 +610,88 @@ TEST_CASE("speed configurations: a matrix without a tail, and a corrupt index is
     REQUIRE_THROWS_AS(bad_dec.dequantize(out), svq::corrupt_data);
     REQUIRE_THROWS_AS(bad_dec.gemv(x, y), svq::corrupt_data);
     REQUIRE_THROWS_AS(bad.dequantize(), svq::corrupt_data);
+}
+
+// ---- Batched products from gemm_batch vectors: tiles of decoded rows times X (Eigen's GEMM).
+
+TEST_CASE("gemv_batch with gemm_batch vectors or more: GEMM of decoded tiles, within 2e-6 of W x") {
+    // 150 rows: two whole tiles of 64 and a short one; 300 columns: full groups and a tail.
+    const std::size_t rows = 150, cols = 300;
+    const std::vector<float> w = svq::examples::gaussian_matrix(rows, cols, 31);
+    const std::size_t batch = svq::matrix_decoder::gemm_batch + 8;
+    const std::vector<float> x = svq::examples::gaussian_matrix(batch, cols, 32);
+    for (const auto& c : {explicit_config(128, 187, 3, 16, true), explicit_config(16, 22, 3, 16, true),
+                          explicit_config(32, 50, 5, 16, false)}) {
+        INFO(svq::to_string(c));
+        const svq::quantized_matrix q = svq::quantize(w, rows, cols, c);
+        const std::vector<float> wq = q.dequantize();
+        const svq::matrix_decoder dec(q);
+        for (const std::size_t vectors : {svq::matrix_decoder::gemm_batch, batch}) {
+            for (const unsigned threads : {1u, 2u, 3u}) {
+                std::vector<float> y(vectors * rows, std::nanf(""));
+                dec.gemv_batch(std::span<const float>(x.data(), vectors * cols), y, vectors, threads);
+                double worst = 0.0;
+                for (std::size_t v = 0; v < vectors; ++v) {
+                    for (std::size_t r = 0; r < rows; ++r) {
+                        double e = 0.0, scale = 0.0;
+                        for (std::size_t i = 0; i < cols; ++i) {
+                            e += static_cast<double>(wq[r * cols + i]) * x[v * cols + i];
+                            scale += std::abs(static_cast<double>(wq[r * cols + i]) * x[v * cols + i]);
+                        }
+                        worst = std::max(worst, std::abs(y[v * rows + r] - e) / scale);  // NaN fails below
+                    }
+                }
+                INFO(vectors << " vectors, " << threads << " threads: largest |y - W x| / sum |w_i x_i| = " << worst);
+                REQUIRE(worst < 2e-6);
+            }
+        }
+    }
+}
+
+TEST_CASE("gemv_batch's GEMM path reports a corrupt index and bad shapes") {
+    const std::size_t rows = 6, cols = 256;
+    const std::vector<float> w = svq::examples::gaussian_matrix(rows, cols, 23);
+    const svq::quantized_matrix q = svq::quantize(w, rows, cols, explicit_config(16, 22, 3, 16, true));
+    std::vector<std::uint64_t> words(q.words().begin(), q.words().end());
+    const std::size_t first = q.layout().row_bit_offset(5) + 16 + 2 * (q.layout().index_bits + 3);
+    for (std::size_t b = first; b < first + q.layout().index_bits; ++b) words[b / 64] |= std::uint64_t{1} << (b % 64);
+    const svq::quantized_matrix bad(rows, cols, q.config(), q.reference_scale(), words);
+    const svq::matrix_decoder dec(bad);
+    const std::size_t batch = svq::matrix_decoder::gemm_batch;
+    std::vector<float> x(batch * cols, 1.0f), y(batch * rows);
+    REQUIRE_THROWS_AS(dec.gemv_batch(x, y, batch), svq::corrupt_data);
+    REQUIRE_THROWS_AS(dec.gemv_batch(x, y, batch, 2), svq::corrupt_data);
+    REQUIRE_THROWS_AS(dec.gemv_batch(std::span<const float>(x.data(), x.size() - 1), y, batch), svq::invalid_argument);
+}
+
+TEST_CASE("parallel_chunks: every item exactly once, any thread count; an exception reaches the caller") {
+    for (const std::size_t n : {0, 1, 7, 100, 1000}) {
+        for (const std::size_t chunk : {1, 3, 64}) {
+            for (const unsigned threads : {0u, 1u, 2u, 5u}) {
+                std::vector<std::atomic<int>> seen(n);
+                std::atomic<std::size_t> largest{0};  // (Catch2 asserts on this thread only)
+                svq::detail::parallel_chunks(n, threads, chunk, [&](std::size_t first, std::size_t end) {
+                    std::size_t was = largest.load();
+                    while (end - first > was && !largest.compare_exchange_weak(was, end - first)) {
+                    }
+                    for (std::size_t i = first; i < end; ++i) seen[i].fetch_add(1);
+                });
+                std::size_t once = 0;
+                for (const auto& s : seen) once += s.load() == 1;
+                INFO(n << " items, chunks of " << chunk << ", " << threads << " threads");
+                REQUIRE(once == n);
+                // One thread takes [0, n) in one call; more take chunks.
+                const unsigned t = threads == 0 ? std::max(1u, std::thread::hardware_concurrency()) : threads;
+                REQUIRE(largest.load() == (t == 1 || n <= chunk ? n : chunk));
+            }
+        }
+    }
+    REQUIRE_THROWS_AS(svq::detail::parallel_chunks(100, 2, 3,
+                                                   [](std::size_t first, std::size_t) {
+                                                       if (first == 99) throw svq::corrupt_data("chunk 33");
+                                                   }),
+                      svq::corrupt_data);
+    REQUIRE(svq::detail::chunk_rows(4096, 2) == 64);
+    REQUIRE(svq::detail::chunk_rows(100, 2) == 6);
+    REQUIRE(svq::detail::chunk_rows(3, 4) == 1);
 }

@@ -4,6 +4,7 @@
 //   dec.dequantize(out);                // == q.dequantize(out), bit for bit
 //   dec.gemv(x, y);                     // y = Wq x without materialising Wq
 //   dec.gemv_batch(x, y, 16);           // Y = Wq X for 16 vectors, one decode per group
+//   dec.gemv_batch(x, y, 64);           // from 32 vectors: tiles of decoded rows times X (Eigen's GEMM)
 //
 // Decoding a row: its fields come from the format's reader
 // (row_format::read_fields, format/row_format.hpp), its points from the
@@ -17,10 +18,19 @@
 // gemv: the stored rows are w' = w R^T (rotate/hadamard_rotation.hpp), so
 // w . x = w' . (R x): x is rotated forward once, and every row is a sum over
 // groups of factor_j * <y_j, (R x)_j> with integer pulses y_j; nothing is
-// inverse-rotated. Rows are independent; `threads` splits them (0: all cores).
+// inverse-rotated. Rows are independent; `threads` share them in chunks
+// handed out as each thread finishes one (detail::parallel_chunks; 0: all cores).
+//
+// gemv_batch with gemm_batch vectors or more decodes tiles of tile_rows rows
+// (in the rotated basis) and multiplies each with the rotated X by Eigen's
+// float GEMM: the decode is paid once per weight and the products run at
+// GEMM speed (docs/performance.md, "Batched products"). Its sums are in
+// Eigen's order, so its results differ from gemv's in the last bits; both
+// are within the relative error that tests/test_kernels.cpp states.
 #pragma once
 
 #include <svq/core/bitstream.hpp>
+#include <svq/core/eigen.hpp>
 #include <svq/core/parallel.hpp>
 #include <svq/error.hpp>
 #include <svq/format/split_index.hpp>
@@ -72,11 +82,7 @@ public:
     // for an index >= V(N, K) or a bad row scale code.
     void decode_row_rotated(std::size_t r, float* out) const {
         row_scratch sc = make_scratch();
-        if (full_index().dense())
-            decode_row_dense(r, out, sc);
-        else
-            decode_row_impl(r, out, sc, [](std::size_t, const int*, std::size_t, float) {});
-        if (f_->may_overflow()) detail::check_finite_row(out, cols(), r);
+        decode_rotated(r, out, sc);
     }
 
     // All rows, row-major (rows * cols floats), bit-identical to quantized_matrix::dequantize.
@@ -89,7 +95,8 @@ public:
         // with streaming stores (which read nothing back) while the next row
         // is decoded (detail::row_streamer).
         const bool stream = rows() * cols() * sizeof(float) >= detail::stream_bytes;
-        detail::parallel_slices(rows(), threads, [&](std::size_t first, std::size_t end) {
+        detail::parallel_chunks(rows(), threads, detail::chunk_rows(rows(), threads), [&](std::size_t first,
+                                                                                           std::size_t end) {
             row_scratch sc = make_scratch();
             std::vector<float> scratch(rotation_ ? rotation_->scratch_size() : 0);
             detail::aligned_floats buffers(stream ? 2 * cols() : 0);
@@ -140,7 +147,26 @@ public:
             for (std::size_t c = 0; c < batch; ++c)
                 rotation_->forward(std::span<float>(xr.data() + c * cols(), cols()), scratch);
         }
-        detail::parallel_slices(rows(), threads, [&](std::size_t first, std::size_t end) {
+        if (batch >= gemm_batch) {
+            using row_major = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+            const auto n = static_cast<Eigen::Index>(cols()), vectors = static_cast<Eigen::Index>(batch);
+            const Eigen::Map<const Eigen::MatrixXf> xm(xr.data(), n, vectors);
+            detail::parallel_chunks(rows(), threads, tile_rows, [&](std::size_t first, std::size_t end) {
+                row_scratch sc = make_scratch();
+                detail::aligned_floats tile(std::min(end - first, tile_rows) * cols());
+                for (std::size_t t0 = first; t0 < end; t0 += tile_rows) {
+                    const std::size_t t1 = std::min(end, t0 + tile_rows);
+                    for (std::size_t r = t0; r < t1; ++r) decode_rotated(r, tile.data() + (r - t0) * cols(), sc);
+                    const auto m = static_cast<Eigen::Index>(t1 - t0);
+                    Eigen::Map<Eigen::MatrixXf, 0, Eigen::OuterStride<>> ym(y.data() + t0, m, vectors,
+                                                                             Eigen::OuterStride<>(rows()));
+                    ym.noalias() = Eigen::Map<const row_major>(tile.data(), m, n) * xm;
+                }
+            });
+            return;
+        }
+        detail::parallel_chunks(rows(), threads, detail::chunk_rows(rows(), threads), [&](std::size_t first,
+                                                                                           std::size_t end) {
             row_scratch sc = make_scratch();
             std::vector<float> acc(batch);
             for (std::size_t r = first; r < end; ++r) {
@@ -160,6 +186,11 @@ public:
             }
         });
     }
+
+    // gemv_batch multiplies tiles of decoded rows with Eigen's GEMM from this
+    // many vectors on (measured crossover on 4096 x 4096: docs/performance.md).
+    static constexpr std::size_t gemm_batch = 32;
+    static constexpr std::size_t tile_rows = 64;  // rows per tile of that path
 
 private:
     // Per-thread buffers of decode_row_impl.
@@ -185,6 +216,15 @@ private:
             s.row.resize(l_.cols);
         }
         return s;
+    }
+
+    // Row r in the rotated basis (no inverse rotation) into out (cols floats).
+    void decode_rotated(std::size_t r, float* out, row_scratch& sc) const {
+        if (full_index().dense())
+            decode_row_dense(r, out, sc);
+        else
+            decode_row_impl(r, out, sc, [](std::size_t, const int*, std::size_t, float) {});
+        if (f_->may_overflow()) detail::check_finite_row(out, cols(), r);
     }
 
     // Dense path (full_index().dense(): the speed configurations, index in one word):
