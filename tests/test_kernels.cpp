@@ -686,6 +686,23 @@ TEST_CASE("parallel_chunks: every item exactly once, any thread count; an except
             }
         }
     }
+    // With a state: made once per thread, kept over that thread's chunks.
+    std::atomic<int> states{0};
+    std::atomic<std::size_t> items{0};
+    struct counter {
+        std::atomic<std::size_t>* total;
+        std::size_t mine = 0;
+        ~counter() { total->fetch_add(mine); }
+    };
+    svq::detail::parallel_chunks(
+        1000, 2, 7,
+        [&] {
+            states.fetch_add(1);
+            return counter{&items};
+        },
+        [](counter& c, std::size_t first, std::size_t end) { c.mine += end - first; });
+    REQUIRE(states.load() == 2);
+    REQUIRE(items.load() == 1000);
     REQUIRE_THROWS_AS(svq::detail::parallel_chunks(100, 2, 3,
                                                    [](std::size_t first, std::size_t) {
                                                        if (first == 99) throw svq::corrupt_data("chunk 33");

@@ -41,28 +41,41 @@ void parallel_slices(std::size_t n, unsigned threads, F&& f) {
     if (error) std::rethrow_exception(error);
 }
 
-// Calls f(first, end) on the consecutive chunks of [0, n) of `chunk` items
-// (the last one shorter), handed out one at a time to `threads` threads (0:
-// all cores) as each finishes its previous chunk, so a core that runs slower
-// (another process on it, a slower core) takes fewer chunks instead of
-// holding up the end. Same contract as parallel_slices: f must not depend
-// on how [0, n) is cut; an exception in any chunk is rethrown here (that
-// thread takes no further chunk) after the other threads are done.
-template <class F>
-void parallel_chunks(std::size_t n, unsigned threads, std::size_t chunk, F&& f) {
+// Calls f(state, first, end) on the consecutive chunks of [0, n) of `chunk`
+// items (the last one shorter), handed out one at a time to `threads`
+// threads (0: all cores) as each finishes its previous chunk, so a core that
+// runs slower (another process on it, a slower core) takes fewer chunks
+// instead of holding up the end. Each thread makes its own state once,
+// state = init(), and passes it to every chunk it takes (buffers allocated
+// once per thread, not per chunk). Same contract as parallel_slices: f must
+// not depend on how [0, n) is cut; an exception in any chunk is rethrown
+// here (that thread takes no further chunk) after the other threads are done.
+template <class Init, class F>
+void parallel_chunks(std::size_t n, unsigned threads, std::size_t chunk, Init&& init, F&& f) {
     if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
     chunk = std::max<std::size_t>(chunk, 1);
     const std::size_t chunks = (n + chunk - 1) / chunk;
     if (threads <= 1 || chunks <= 1) {
-        f(std::size_t{0}, n);
+        auto state = init();
+        f(state, std::size_t{0}, n);
         return;
     }
     std::atomic<std::size_t> next{0};
     parallel_slices(std::min<std::size_t>(threads, chunks), threads, [&](std::size_t, std::size_t) {
+        auto state = init();
         for (std::size_t c = next.fetch_add(1, std::memory_order_relaxed); c < chunks;
              c = next.fetch_add(1, std::memory_order_relaxed))
-            f(c * chunk, std::min(n, (c + 1) * chunk));
+            f(state, c * chunk, std::min(n, (c + 1) * chunk));
     });
+}
+
+// The same without a state: f(first, end).
+template <class F>
+void parallel_chunks(std::size_t n, unsigned threads, std::size_t chunk, F&& f) {
+    struct none {};
+    parallel_chunks(
+        n, threads, chunk, [] { return none{}; },
+        [&](none&, std::size_t first, std::size_t end) { f(first, end); });
 }
 
 // Rows per chunk of the decoders' parallel_chunks: eight chunks per thread

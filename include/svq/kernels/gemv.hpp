@@ -95,11 +95,21 @@ public:
         // with streaming stores (which read nothing back) while the next row
         // is decoded (detail::row_streamer).
         const bool stream = rows() * cols() * sizeof(float) >= detail::stream_bytes;
-        detail::parallel_chunks(rows(), threads, detail::chunk_rows(rows(), threads), [&](std::size_t first,
-                                                                                           std::size_t end) {
-            row_scratch sc = make_scratch();
-            std::vector<float> scratch(rotation_ ? rotation_->scratch_size() : 0);
-            detail::aligned_floats buffers(stream ? 2 * cols() : 0);
+        struct worker {
+            row_scratch sc;
+            std::vector<float> scratch;
+            detail::aligned_floats buffers;
+        };
+        const auto init = [&] {
+            return worker{make_scratch(), std::vector<float>(rotation_ ? rotation_->scratch_size() : 0),
+                          detail::aligned_floats(stream ? 2 * cols() : 0)};
+        };
+        detail::parallel_chunks(rows(), threads, detail::chunk_rows(rows(), threads), init, [&](worker& wk,
+                                                                                                 std::size_t first,
+                                                                                                 std::size_t end) {
+            row_scratch& sc = wk.sc;
+            std::vector<float>& scratch = wk.scratch;
+            detail::aligned_floats& buffers = wk.buffers;
             detail::row_streamer streamer;
             for (std::size_t r = first; r < end; ++r) {
                 float* dst = out.data() + r * cols();
@@ -151,9 +161,17 @@ public:
             using row_major = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
             const auto n = static_cast<Eigen::Index>(cols()), vectors = static_cast<Eigen::Index>(batch);
             const Eigen::Map<const Eigen::MatrixXf> xm(xr.data(), n, vectors);
-            detail::parallel_chunks(rows(), threads, tile_rows, [&](std::size_t first, std::size_t end) {
-                row_scratch sc = make_scratch();
-                detail::aligned_floats tile(std::min(end - first, tile_rows) * cols());
+            struct worker {
+                row_scratch sc;
+                detail::aligned_floats tile;
+            };
+            const auto init = [&] {
+                return worker{make_scratch(), detail::aligned_floats(std::min(rows(), tile_rows) * cols())};
+            };
+            detail::parallel_chunks(rows(), threads, tile_rows, init, [&](worker& wk, std::size_t first,
+                                                                          std::size_t end) {
+                row_scratch& sc = wk.sc;
+                detail::aligned_floats& tile = wk.tile;
                 for (std::size_t t0 = first; t0 < end; t0 += tile_rows) {
                     const std::size_t t1 = std::min(end, t0 + tile_rows);
                     for (std::size_t r = t0; r < t1; ++r) decode_rotated(r, tile.data() + (r - t0) * cols(), sc);
@@ -165,10 +183,16 @@ public:
             });
             return;
         }
-        detail::parallel_chunks(rows(), threads, detail::chunk_rows(rows(), threads), [&](std::size_t first,
-                                                                                           std::size_t end) {
-            row_scratch sc = make_scratch();
-            std::vector<float> acc(batch);
+        struct worker {
+            row_scratch sc;
+            std::vector<float> acc;
+        };
+        const auto init = [&] { return worker{make_scratch(), std::vector<float>(batch)}; };
+        detail::parallel_chunks(rows(), threads, detail::chunk_rows(rows(), threads), init, [&](worker& wk,
+                                                                                                 std::size_t first,
+                                                                                                 std::size_t end) {
+            row_scratch& sc = wk.sc;
+            std::vector<float>& acc = wk.acc;
             for (std::size_t r = first; r < end; ++r) {
                 if (full_index().dense()) {  // decode the row once, then one float dot per vector
                     decode_row_dense(r, sc.row.data(), sc);
