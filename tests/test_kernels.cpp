@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <set>
 #include <thread>
@@ -84,6 +85,25 @@ void require_dequantize_equals(const svq::matrix_decoder& dec, const std::vector
     REQUIRE(std::memcmp(two.data(), ref.data(), ref.size() * sizeof(float)) == 0);
 }
 
+// The largest |y - W x| / sum_i |w_i x_i| over `vectors` products y (vector
+// v at v * rows) against W x in double, W = wq; a NaN in y counts as infinite.
+double relative_gemv_error(const std::vector<float>& y, const std::vector<float>& wq, const std::vector<float>& x,
+                           std::size_t rows, std::size_t cols, std::size_t vectors) {
+    double worst = 0.0;
+    for (std::size_t v = 0; v < vectors; ++v) {
+        for (std::size_t r = 0; r < rows; ++r) {
+            double e = 0.0, scale = 0.0;
+            for (std::size_t i = 0; i < cols; ++i) {
+                e += static_cast<double>(wq[r * cols + i]) * x[v * cols + i];
+                scale += std::abs(static_cast<double>(wq[r * cols + i]) * x[v * cols + i]);
+            }
+            const double rel = std::abs(y[v * rows + r] - e) / scale;
+            if (!(rel <= worst)) worst = std::isnan(rel) ? std::numeric_limits<double>::infinity() : rel;
+        }
+    }
+    return worst;
+}
+
 // gemv of `vectors` vectors one at a time, batched, and batched on two
 // threads: the three bit-identical (the same operations per vector). Returns
 // the largest |y - W x| / sum_i |w_i x_i| against W x in double, W = wq.
@@ -96,18 +116,7 @@ double checked_gemv_error(const svq::matrix_decoder& dec, const std::vector<floa
     dec.gemv_batch(x, yt, vectors, 2);
     REQUIRE(yb == ys);
     REQUIRE(yt == ys);
-    double worst = 0.0;
-    for (std::size_t v = 0; v < vectors; ++v) {
-        for (std::size_t r = 0; r < rows; ++r) {
-            double e = 0.0, scale = 0.0;
-            for (std::size_t i = 0; i < cols; ++i) {
-                e += static_cast<double>(wq[r * cols + i]) * x[v * cols + i];
-                scale += std::abs(static_cast<double>(wq[r * cols + i]) * x[v * cols + i]);
-            }
-            worst = std::max(worst, std::abs(ys[v * rows + r] - e) / scale);
-        }
-    }
-    return worst;
+    return relative_gemv_error(ys, wq, x, rows, cols, vectors);
 }
 
 }  // namespace
@@ -630,17 +639,7 @@ TEST_CASE("gemv_batch with gemm_batch vectors or more: GEMM of decoded tiles, wi
             for (const unsigned threads : {1u, 2u, 3u}) {
                 std::vector<float> y(vectors * rows, std::nanf(""));
                 dec.gemv_batch(std::span<const float>(x.data(), vectors * cols), y, vectors, threads);
-                double worst = 0.0;
-                for (std::size_t v = 0; v < vectors; ++v) {
-                    for (std::size_t r = 0; r < rows; ++r) {
-                        double e = 0.0, scale = 0.0;
-                        for (std::size_t i = 0; i < cols; ++i) {
-                            e += static_cast<double>(wq[r * cols + i]) * x[v * cols + i];
-                            scale += std::abs(static_cast<double>(wq[r * cols + i]) * x[v * cols + i]);
-                        }
-                        worst = std::max(worst, std::abs(y[v * rows + r] - e) / scale);  // NaN fails below
-                    }
-                }
+                const double worst = relative_gemv_error(y, wq, x, rows, cols, vectors);
                 INFO(vectors << " vectors, " << threads << " threads: largest |y - W x| / sum |w_i x_i| = " << worst);
                 REQUIRE(worst < 2e-6);
             }
