@@ -647,6 +647,19 @@ TEST_CASE("gemv_batch with gemm_batch vectors or more: GEMM of decoded tiles, wi
     }
 }
 
+TEST_CASE("gemv_batch's GEMM path: rows of 140,000 columns take tiles of 7 rows (4 MB)") {
+    const std::size_t rows = 10, cols = 140000;
+    const std::vector<float> w = svq::examples::gaussian_matrix(rows, cols, 33);
+    const std::size_t batch = svq::matrix_decoder::gemm_batch;
+    const std::vector<float> x = svq::examples::gaussian_matrix(batch, cols, 34);
+    const svq::quantized_matrix q = svq::quantize(w, rows, cols, explicit_config(16, 22, 3, 16, false));
+    const svq::matrix_decoder dec(q);
+    REQUIRE(dec.tile_rows() == 7);
+    std::vector<float> y(batch * rows, std::nanf(""));
+    dec.gemv_batch(x, y, batch, 2);
+    REQUIRE(relative_gemv_error(y, q.dequantize(), x, rows, cols, batch) < 2e-6);
+}
+
 TEST_CASE("gemv_batch's GEMM path reports a corrupt index and bad shapes") {
     const std::size_t rows = 6, cols = 256;
     const std::vector<float> w = svq::examples::gaussian_matrix(rows, cols, 23);

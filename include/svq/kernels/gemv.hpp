@@ -21,7 +21,7 @@
 // inverse-rotated. Rows are independent; `threads` share them in chunks
 // handed out as each thread finishes one (detail::parallel_chunks; 0: all cores).
 //
-// gemv_batch with gemm_batch vectors or more decodes tiles of tile_rows rows
+// gemv_batch with gemm_batch vectors or more decodes tiles of tile_rows() rows
 // (in the rotated basis) and multiplies each with the rotated X by Eigen's
 // float GEMM: the decode is paid once per weight and the products run at
 // GEMM speed (docs/performance.md, "Batched products"). Its sums are in
@@ -166,14 +166,14 @@ public:
                 detail::aligned_floats tile;
             };
             const auto init = [&] {
-                return worker{make_scratch(), detail::aligned_floats(std::min(rows(), tile_rows) * cols())};
+                return worker{make_scratch(), detail::aligned_floats(std::min(rows(), tile_rows()) * cols())};
             };
-            detail::parallel_chunks(rows(), threads, tile_rows, init, [&](worker& wk, std::size_t first,
-                                                                          std::size_t end) {
+            detail::parallel_chunks(rows(), threads, tile_rows(), init, [&](worker& wk, std::size_t first,
+                                                                            std::size_t end) {
                 row_scratch& sc = wk.sc;
                 detail::aligned_floats& tile = wk.tile;
-                for (std::size_t t0 = first; t0 < end; t0 += tile_rows) {
-                    const std::size_t t1 = std::min(end, t0 + tile_rows);
+                for (std::size_t t0 = first; t0 < end; t0 += tile_rows()) {
+                    const std::size_t t1 = std::min(end, t0 + tile_rows());
                     for (std::size_t r = t0; r < t1; ++r) decode_rotated(r, tile.data() + (r - t0) * cols(), sc);
                     const auto m = static_cast<Eigen::Index>(t1 - t0);
                     Eigen::Map<Eigen::MatrixXf, 0, Eigen::OuterStride<>> ym(y.data() + t0, m, vectors,
@@ -214,7 +214,9 @@ public:
     // gemv_batch multiplies tiles of decoded rows with Eigen's GEMM from this
     // many vectors on (measured crossover on 4096 x 4096: docs/performance.md).
     static constexpr std::size_t gemm_batch = 32;
-    static constexpr std::size_t tile_rows = 64;  // rows per tile of that path
+    // Rows per tile of that path: 64, fewer where 64 rows pass 4 MB (cols > 16384).
+    static constexpr std::size_t tile_bytes = std::size_t{4} << 20;
+    std::size_t tile_rows() const noexcept { return std::clamp<std::size_t>(tile_bytes / (4 * std::max<std::size_t>(cols(), 1)), 1, 64); }
 
 private:
     // Per-thread buffers of decode_row_impl.
