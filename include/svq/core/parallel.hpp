@@ -74,8 +74,7 @@ template <class F>
 void parallel_chunks(std::size_t n, unsigned threads, std::size_t chunk, F&& f) {
     struct none {};
     parallel_chunks(
-        n, threads, chunk, [] { return none{}; },
-        [&](none&, std::size_t first, std::size_t end) { f(first, end); });
+        n, threads, chunk, [] { return none{}; }, [&](none&, std::size_t first, std::size_t end) { f(first, end); });
 }
 
 // Rows per chunk of the decoders' parallel_chunks: eight chunks per thread

@@ -61,10 +61,7 @@ public:
     // Uses q's row format (its index tables and gain levels) and builds the
     // dense path's tables. The decoder reads q's words: q must outlive it, and
     // a temporary matrix is refused at compile time.
-    explicit matrix_decoder(const quantized_matrix& q)
-        : q_(&q),
-          f_(&q.format()),
-          l_(q.layout()) {
+    explicit matrix_decoder(const quantized_matrix& q) : q_(&q), f_(&q.format()), l_(q.layout()) {
         rotation_ = q.rotation();
         integer_ = detail::integer_stage_rotation(l_, rotation_);
         if (full_index().dense()) {
@@ -104,42 +101,42 @@ public:
             return worker{make_scratch(), std::vector<float>(rotation_ ? rotation_->scratch_size() : 0),
                           detail::aligned_floats(stream ? 2 * cols() : 0)};
         };
-        detail::parallel_chunks(rows(), threads, detail::chunk_rows(rows(), threads), init, [&](worker& wk,
-                                                                                                 std::size_t first,
-                                                                                                 std::size_t end) {
-            row_scratch& sc = wk.sc;
-            std::vector<float>& scratch = wk.scratch;
-            detail::aligned_floats& buffers = wk.buffers;
-            detail::row_streamer streamer;
-            for (std::size_t r = first; r < end; ++r) {
-                float* dst = out.data() + r * cols();
-                float* row = stream ? buffers.data() + (r % 2) * cols() : dst;
-                if (full_index().dense()) {
-                    decode_row_dense(r, row, sc, stream ? &streamer : nullptr, integer_);
-                } else if (integer_) {  // the factors with norm cols, then the row's points in place
-                    decode_row_impl(
-                        r, nullptr, sc,
-                        [&](std::size_t first_col, const int*, std::size_t dim, float factor) {
-                            sc.factors[first_col / dim] = factor;
-                        },
-                        static_cast<double>(cols()));
-                    detail::integer_stage_inverse(sc.y.data(), sc.factors.data(), l_.group_dim, cols(),
-                                                  rotation_->signs().data(), row);
-                } else {
-                    decode_row_impl(r, row, sc, [](std::size_t, const int*, std::size_t, float) {});
+        detail::parallel_chunks(
+            rows(), threads, detail::chunk_rows(rows(), threads), init,
+            [&](worker& wk, std::size_t first, std::size_t end) {
+                row_scratch& sc = wk.sc;
+                std::vector<float>& scratch = wk.scratch;
+                detail::aligned_floats& buffers = wk.buffers;
+                detail::row_streamer streamer;
+                for (std::size_t r = first; r < end; ++r) {
+                    float* dst = out.data() + r * cols();
+                    float* row = stream ? buffers.data() + (r % 2) * cols() : dst;
+                    if (full_index().dense()) {
+                        decode_row_dense(r, row, sc, stream ? &streamer : nullptr, integer_);
+                    } else if (integer_) {  // the factors with norm cols, then the row's points in place
+                        decode_row_impl(
+                            r, nullptr, sc,
+                            [&](std::size_t first_col, const int*, std::size_t dim, float factor) {
+                                sc.factors[first_col / dim] = factor;
+                            },
+                            static_cast<double>(cols()));
+                        detail::integer_stage_inverse(sc.y.data(), sc.factors.data(), l_.group_dim, cols(),
+                                                      rotation_->signs().data(), row);
+                    } else {
+                        decode_row_impl(r, row, sc, [](std::size_t, const int*, std::size_t, float) {});
+                    }
+                    if (rotation_ && !integer_) rotation_->inverse(std::span<float>(row, cols()), scratch);
+                    if (f_->may_overflow()) detail::check_finite_row(row, cols(), r);
+                    if (stream) {
+                        streamer.finish();  // the previous row (usually written already)
+                        streamer.start(row, dst, cols());
+                    }
                 }
-                if (rotation_ && !integer_) rotation_->inverse(std::span<float>(row, cols()), scratch);
-                if (f_->may_overflow()) detail::check_finite_row(row, cols(), r);
                 if (stream) {
-                    streamer.finish();  // the previous row (usually written already)
-                    streamer.start(row, dst, cols());
+                    streamer.finish();
+                    detail::row_streamer::fence();
                 }
-            }
-            if (stream) {
-                streamer.finish();
-                detail::row_streamer::fence();
-            }
-        });
+            });
     }
 
     // y = Wq x. x: cols floats, y: rows floats.
@@ -168,19 +165,20 @@ public:
             const auto init = [&] {
                 return worker{make_scratch(), detail::aligned_floats(std::min(rows(), tile_rows()) * cols())};
             };
-            detail::parallel_chunks(rows(), threads, tile_rows(), init, [&](worker& wk, std::size_t first,
-                                                                            std::size_t end) {
-                row_scratch& sc = wk.sc;
-                detail::aligned_floats& tile = wk.tile;
-                for (std::size_t t0 = first; t0 < end; t0 += tile_rows()) {
-                    const std::size_t t1 = std::min(end, t0 + tile_rows());
-                    for (std::size_t r = t0; r < t1; ++r) decode_rotated(r, tile.data() + (r - t0) * cols(), sc);
-                    const auto m = static_cast<Eigen::Index>(t1 - t0);
-                    Eigen::Map<Eigen::MatrixXf, 0, Eigen::OuterStride<>> ym(y.data() + t0, m, vectors,
-                                                                             Eigen::OuterStride<>(rows()));
-                    ym.noalias() = Eigen::Map<const row_major>(tile.data(), m, n) * xm;
-                }
-            });
+            detail::parallel_chunks(rows(), threads, tile_rows(), init,
+                                    [&](worker& wk, std::size_t first, std::size_t end) {
+                                        row_scratch& sc = wk.sc;
+                                        detail::aligned_floats& tile = wk.tile;
+                                        for (std::size_t t0 = first; t0 < end; t0 += tile_rows()) {
+                                            const std::size_t t1 = std::min(end, t0 + tile_rows());
+                                            for (std::size_t r = t0; r < t1; ++r)
+                                                decode_rotated(r, tile.data() + (r - t0) * cols(), sc);
+                                            const auto m = static_cast<Eigen::Index>(t1 - t0);
+                                            Eigen::Map<Eigen::MatrixXf, 0, Eigen::OuterStride<>> ym(
+                                                y.data() + t0, m, vectors, Eigen::OuterStride<>(rows()));
+                                            ym.noalias() = Eigen::Map<const row_major>(tile.data(), m, n) * xm;
+                                        }
+                                    });
             return;
         }
         struct worker {
@@ -188,27 +186,27 @@ public:
             std::vector<float> acc;
         };
         const auto init = [&] { return worker{make_scratch(), std::vector<float>(batch)}; };
-        detail::parallel_chunks(rows(), threads, detail::chunk_rows(rows(), threads), init, [&](worker& wk,
-                                                                                                 std::size_t first,
-                                                                                                 std::size_t end) {
-            row_scratch& sc = wk.sc;
-            std::vector<float>& acc = wk.acc;
-            for (std::size_t r = first; r < end; ++r) {
-                if (full_index().dense()) {  // decode the row once, then one float dot per vector
-                    decode_row_dense(r, sc.row.data(), sc);
-                    for (std::size_t c = 0; c < batch; ++c)
-                        y[c * rows() + r] = detail::float_dot(sc.row.data(), xr.data() + c * cols(), cols());
-                    continue;
-                }
-                std::fill(acc.begin(), acc.end(), 0.0f);
-                decode_row_impl(
-                    r, nullptr, sc, [&](std::size_t first_col, const int* p, std::size_t dim, float factor) {
+        detail::parallel_chunks(
+            rows(), threads, detail::chunk_rows(rows(), threads), init,
+            [&](worker& wk, std::size_t first, std::size_t end) {
+                row_scratch& sc = wk.sc;
+                std::vector<float>& acc = wk.acc;
+                for (std::size_t r = first; r < end; ++r) {
+                    if (full_index().dense()) {  // decode the row once, then one float dot per vector
+                        decode_row_dense(r, sc.row.data(), sc);
                         for (std::size_t c = 0; c < batch; ++c)
-                            acc[c] += factor * detail::pulse_dot(p, xr.data() + c * cols() + first_col, dim);
-                    });
-                for (std::size_t c = 0; c < batch; ++c) y[c * rows() + r] = acc[c];
-            }
-        });
+                            y[c * rows() + r] = detail::float_dot(sc.row.data(), xr.data() + c * cols(), cols());
+                        continue;
+                    }
+                    std::fill(acc.begin(), acc.end(), 0.0f);
+                    decode_row_impl(
+                        r, nullptr, sc, [&](std::size_t first_col, const int* p, std::size_t dim, float factor) {
+                            for (std::size_t c = 0; c < batch; ++c)
+                                acc[c] += factor * detail::pulse_dot(p, xr.data() + c * cols() + first_col, dim);
+                        });
+                    for (std::size_t c = 0; c < batch; ++c) y[c * rows() + r] = acc[c];
+                }
+            });
     }
 
     // gemv_batch multiplies tiles of decoded rows with Eigen's GEMM from this
@@ -216,7 +214,9 @@ public:
     static constexpr std::size_t gemm_batch = 32;
     // Rows per tile of that path: 64, fewer where 64 rows pass 4 MB (cols > 16384).
     static constexpr std::size_t tile_bytes = std::size_t{4} << 20;
-    std::size_t tile_rows() const noexcept { return std::clamp<std::size_t>(tile_bytes / (4 * std::max<std::size_t>(cols(), 1)), 1, 64); }
+    std::size_t tile_rows() const noexcept {
+        return std::clamp<std::size_t>(tile_bytes / (4 * std::max<std::size_t>(cols(), 1)), 1, 64);
+    }
 
 private:
     // Per-thread buffers of decode_row_impl.
@@ -325,8 +325,8 @@ private:
     const row_format* f_;  // q's
     matrix_layout l_;
     const hadamard_rotation* rotation_ = nullptr;  // q's
-    bool integer_ = false;  // detail::integer_stage_rotation
-    detail::dense_units units_1_, units_n_;  // dense path: norm 1 and cols
+    bool integer_ = false;                         // detail::integer_stage_rotation
+    detail::dense_units units_1_, units_n_;        // dense path: norm 1 and cols
 };
 
 }  // namespace svq
