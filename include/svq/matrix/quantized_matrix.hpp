@@ -318,9 +318,10 @@ public:
         if (out.size() != rows() * cols())
             throw invalid_argument(
                 fmt::format("dequantize: output has {} entries, the matrix {} x {}", out.size(), rows(), cols()));
-        detail::parallel_slices(rows(), threads, [&](std::size_t first, std::size_t last) {
-            decode_rows(first, last - first, out.subspan(first * cols(), (last - first) * cols()));
-        });
+        detail::parallel_chunks(
+            rows(), threads, detail::chunk_rows(rows(), threads), [&](std::size_t first, std::size_t last) {
+                decode_rows(first, last - first, out.subspan(first * cols(), (last - first) * cols()));
+            });
     }
     std::vector<float> dequantize() const {
         std::vector<float> out(rows() * cols());
@@ -437,8 +438,17 @@ std::vector<std::uint64_t> encode_rows(const Format& format, std::span<const flo
     out.reserve_words(l.payload_words());
     for (std::size_t r0 = 0; r0 < rows; r0 += block) {
         const std::size_t n = std::min(block, rows - r0);
-        parallel_slices(n, t, [&](std::size_t first, std::size_t end) {
-            std::vector<float> row(cols), scratch(rotation ? rotation->scratch_size() : 0);
+        // Chunks of 8 rows handed to whichever thread is free (parallel_chunks):
+        // on cores of unequal speed equal halves would wait for the slower one.
+        struct worker {
+            std::vector<float> row, scratch;
+        };
+        const auto init = [&] {
+            return worker{std::vector<float>(cols), std::vector<float>(rotation ? rotation->scratch_size() : 0)};
+        };
+        parallel_chunks(n, t, 8, init, [&](worker& wk, std::size_t first, std::size_t end) {
+            std::vector<float>& row = wk.row;
+            std::vector<float>& scratch = wk.scratch;
             for (std::size_t i = first; i < end; ++i) {
                 std::copy_n(w.data() + (r0 + i) * cols, cols, row.data());
                 if (rotation) rotation->forward(row, scratch);
