@@ -42,7 +42,6 @@
 #include <regex>
 #include <set>
 #include <string>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -407,7 +406,7 @@ int run_quantize(const quantize_args& a) {
     for (std::size_t i = 0; i < tensors.size(); ++i)
         if (selected(*tensors[i].first, tensors[i].second)) jobs.push_back(i);
     std::vector<job_result> results(jobs.size());
-    const unsigned threads = a.threads == 0 ? std::max(1u, std::thread::hardware_concurrency()) : a.threads;
+    const unsigned threads = svq::detail::thread_count(a.threads);
     const bool by_tensor = threads > 1 && jobs.size() >= threads;
     const unsigned inner_threads = by_tensor ? 1 : threads;
     progress_line progress(total_weights);

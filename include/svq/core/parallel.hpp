@@ -11,6 +11,11 @@
 
 namespace svq::detail {
 
+// A thread count as the callers take it: 0 means all cores.
+inline unsigned thread_count(unsigned threads) noexcept {
+    return threads != 0 ? threads : std::max(1u, std::thread::hardware_concurrency());
+}
+
 // Calls f(first, end) on `threads` contiguous slices of [0, n), the first on
 // this thread (0 threads: std::thread::hardware_concurrency()). f must not
 // depend on how [0, n) is cut for its result to be the same for any count.
@@ -18,8 +23,7 @@ namespace svq::detail {
 // caught, after every slice has finished.
 template <class F>
 void parallel_slices(std::size_t n, unsigned threads, F&& f) {
-    if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
-    const std::size_t t = std::min<std::size_t>(threads, std::max<std::size_t>(n, 1));
+    const std::size_t t = std::min<std::size_t>(thread_count(threads), std::max<std::size_t>(n, 1));
     if (t <= 1) {
         f(std::size_t{0}, n);
         return;
@@ -44,15 +48,15 @@ void parallel_slices(std::size_t n, unsigned threads, F&& f) {
 // Calls f(state, first, end) on the consecutive chunks of [0, n) of `chunk`
 // items (the last one shorter), handed out one at a time to `threads`
 // threads (0: all cores) as each finishes its previous chunk, so a core that
-// runs slower (another process on it, a slower core) takes fewer chunks
-// instead of holding up the end. Each thread makes its own state once,
+// runs slower (another process on it, a slower core) or a chunk that costs
+// more does not hold up the end. Each thread makes its own state once,
 // state = init(), and passes it to every chunk it takes (buffers allocated
 // once per thread, not per chunk). Same contract as parallel_slices: f must
-// not depend on how [0, n) is cut; an exception in any chunk is rethrown
-// here (that thread takes no further chunk) after the other threads are done.
+// not depend on how [0, n) is cut. After the first exception no new chunk
+// starts; it is rethrown here once every thread has stopped.
 template <class Init, class F>
 void parallel_chunks(std::size_t n, unsigned threads, std::size_t chunk, Init&& init, F&& f) {
-    if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
+    threads = thread_count(threads);
     chunk = std::max<std::size_t>(chunk, 1);
     const std::size_t chunks = (n + chunk - 1) / chunk;
     if (threads <= 1 || chunks <= 1) {
@@ -64,8 +68,14 @@ void parallel_chunks(std::size_t n, unsigned threads, std::size_t chunk, Init&& 
     parallel_slices(std::min<std::size_t>(threads, chunks), threads, [&](std::size_t, std::size_t) {
         auto state = init();
         for (std::size_t c = next.fetch_add(1, std::memory_order_relaxed); c < chunks;
-             c = next.fetch_add(1, std::memory_order_relaxed))
-            f(state, c * chunk, std::min(n, (c + 1) * chunk));
+             c = next.fetch_add(1, std::memory_order_relaxed)) {
+            try {
+                f(state, c * chunk, std::min(n, (c + 1) * chunk));
+            } catch (...) {
+                next.store(chunks, std::memory_order_relaxed);  // no thread starts another chunk
+                throw;                                          // parallel_slices keeps the first one
+            }
+        }
     });
 }
 
@@ -80,8 +90,7 @@ void parallel_chunks(std::size_t n, unsigned threads, std::size_t chunk, F&& f) 
 // Rows per chunk of the decoders' parallel_chunks: eight chunks per thread
 // or more, at most 64 rows (a few hundred microseconds of decoding), at least one.
 inline std::size_t chunk_rows(std::size_t rows, unsigned threads) noexcept {
-    if (threads == 0) threads = std::max(1u, std::thread::hardware_concurrency());
-    return std::clamp<std::size_t>(rows / (8 * std::size_t{threads}), 1, 64);
+    return std::clamp<std::size_t>(rows / (8 * std::size_t{thread_count(threads)}), 1, 64);
 }
 
 }  // namespace svq::detail

@@ -42,7 +42,6 @@
 #include <memory>
 #include <optional>
 #include <span>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -430,7 +429,7 @@ std::vector<std::uint64_t> encode_rows(const Format& format, std::span<const flo
     std::optional<hadamard_rotation> rotation;
     if (config.rotate) rotation.emplace(l.cols, config.seed);
     const std::size_t rows = l.rows, cols = l.cols, groups = l.groups_per_row();
-    const unsigned t = threads == 0 ? std::max(1u, std::thread::hardware_concurrency()) : threads;
+    const unsigned t = thread_count(threads);
     const std::size_t block = t == 1 ? 1 : 64 * std::size_t{t};
     std::vector<int> points(block * cols);
     std::vector<std::uint32_t> codes(block * groups), scale_codes(block);
