@@ -129,16 +129,19 @@ private:
     double total_ = 0.0;
 };
 
-void ratios(benchmark::State& state, const prepared& p, double seconds) {
+// Sets the ratios to this run's memcpy and float GEMV; returns the seconds per iteration.
+double ratios(benchmark::State& state, const prepared& p, double seconds) {
     const double per = seconds / static_cast<double>(std::max<benchmark::IterationCount>(state.iterations(), 1));
     state.counters["vs_memcpy"] = p.memcpy_s / per;
     state.counters["vs_float_gemv"] = p.float_gemv_s / per;
+    return per;
 }
 
 // Runs body once per iteration with a clock around it, then reports items/s and
-// the ratios to this run's memcpy and float GEMV.
+// the ratios to this run's memcpy and float GEMV. Returns the seconds per
+// iteration (for a benchmark's own ratios).
 template <class Body>
-void timed(benchmark::State& state, const prepared& p, double items, Body&& body) {
+double timed(benchmark::State& state, const prepared& p, double items, Body&& body) {
     timer tm;
     for (auto _ : state) {
         tm.start();
@@ -146,7 +149,7 @@ void timed(benchmark::State& state, const prepared& p, double items, Body&& body
         tm.stop();
     }
     finish(state, p, items);
-    ratios(state, p, tm.total());
+    return ratios(state, p, tm.total());
 }
 
 void bm_memcpy_packed(benchmark::State& state) {
@@ -247,17 +250,11 @@ void bm_gemv_batch(benchmark::State& state) {
     std::vector<float> y(side * batch);
     const std::span<const float> x(vectors().data(), side * batch);
     const double gemm = float_gemm_seconds(p, batch);
-    timer tm;
-    for (auto _ : state) {
-        tm.start();
+    const double per = timed(state, p, static_cast<double>(side * side * batch), [&] {
         p.dec->gemv_batch(x, y, batch);
         benchmark::DoNotOptimize(y.data());
-        tm.stop();
-    }
-    finish(state, p, static_cast<double>(side * side * batch));
-    ratios(state, p, tm.total());
-    state.counters["vs_float_gemm"] =
-        gemm / (tm.total() / static_cast<double>(std::max<benchmark::IterationCount>(state.iterations(), 1)));
+    });
+    state.counters["vs_float_gemm"] = gemm / per;
 }
 
 void bm_float_gemm(benchmark::State& state) {
@@ -280,17 +277,11 @@ void bm_gemv_fused_threads(benchmark::State& state) {
         p.dec->gemv(x, y, 1);
         benchmark::DoNotOptimize(y.data());
     });
-    timer tm;
-    for (auto _ : state) {
-        tm.start();
+    const double per = timed(state, p, side * side, [&] {
         p.dec->gemv(x, y, 2);
         benchmark::DoNotOptimize(y.data());
-        tm.stop();
-    }
-    finish(state, p, side * side);
-    ratios(state, p, tm.total());
-    state.counters["vs_one_thread"] =
-        one / (tm.total() / static_cast<double>(std::max<benchmark::IterationCount>(state.iterations(), 1)));
+    });
+    state.counters["vs_one_thread"] = one / per;
 }
 
 // The fastest repetition (with --benchmark_repetitions): the run least
