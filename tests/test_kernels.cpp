@@ -104,6 +104,17 @@ double relative_gemv_error(const std::vector<float>& y, const std::vector<float>
     return worst;
 }
 
+// q with every index bit of row `row`, full group `group` set: an index at or
+// above V(N, K) wherever V(N, K) < 2^index_bits - 1 (the layout: the row
+// scale, then index and gain code per group).
+svq::quantized_matrix with_index_bits_set(const svq::quantized_matrix& q, std::size_t row, std::size_t group) {
+    const svq::matrix_layout& l = q.layout();
+    std::vector<std::uint64_t> words(q.words().begin(), q.words().end());
+    const std::size_t first = l.row_bit_offset(row) + l.row_scale_bits + group * (l.index_bits + l.gain_bits);
+    for (std::size_t b = first; b < first + l.index_bits; ++b) words[b / 64] |= std::uint64_t{1} << (b % 64);
+    return svq::quantized_matrix(l.rows, l.cols, q.config(), q.reference_scale(), words);
+}
+
 // gemv of `vectors` vectors one at a time, batched, and batched on two
 // threads: the three bit-identical (the same operations per vector). Returns
 // the largest |y - W x| / sum_i |w_i x_i| against W x in double, W = wq.
@@ -264,9 +275,7 @@ TEST_CASE("matrix_decoder rejects bad shapes and corrupt indices") {
     REQUIRE_THROWS_AS(dec.gemv_batch(x, y, 0), svq::invalid_argument);
     REQUIRE_THROWS_AS(dec.dequantize(out), svq::invalid_argument);
     // All index bits set: above V(128, 187) (384 bits hold 2^384 - 1 > V).
-    std::vector<std::uint64_t> words(q.words().begin(), q.words().end());
-    for (std::size_t b = 16; b < 16 + q.layout().index_bits; ++b) words[b / 64] |= std::uint64_t{1} << (b % 64);
-    const svq::quantized_matrix bad(rows, cols, q.config(), q.reference_scale(), words);
+    const svq::quantized_matrix bad = with_index_bits_set(q, 0, 0);
     const svq::matrix_decoder bad_dec(bad);
     std::vector<float> all(rows * cols);
     REQUIRE_THROWS_AS(bad_dec.dequantize(all), svq::corrupt_data);
@@ -274,10 +283,7 @@ TEST_CASE("matrix_decoder rejects bad shapes and corrupt indices") {
     REQUIRE_THROWS_AS(bad.dequantize(), svq::corrupt_data);
     // On two threads the error reaches the caller from either slice: row 0 (this
     // thread) and the last row (the second thread, rows 4..7).
-    std::vector<std::uint64_t> last(q.words().begin(), q.words().end());
-    const std::size_t start = q.layout().row_bit_offset(rows - 1) + 16;
-    for (std::size_t b = start; b < start + q.layout().index_bits; ++b) last[b / 64] |= std::uint64_t{1} << (b % 64);
-    const svq::quantized_matrix bad_last(rows, cols, q.config(), q.reference_scale(), last);
+    const svq::quantized_matrix bad_last = with_index_bits_set(q, rows - 1, 0);
     const svq::matrix_decoder last_dec(bad_last);
     REQUIRE_THROWS_AS(bad_dec.dequantize(all, 2), svq::corrupt_data);
     REQUIRE_THROWS_AS(last_dec.dequantize(all, 2), svq::corrupt_data);
@@ -610,10 +616,7 @@ TEST_CASE("speed configurations: a matrix without a tail, and a corrupt index is
     dec.dequantize(out);
     REQUIRE(std::memcmp(out.data(), ref.data(), ref.size() * sizeof(float)) == 0);
     // Row 3, group 5: all 44 index bits set, above V(16, 22) < 2^44.
-    std::vector<std::uint64_t> words(q.words().begin(), q.words().end());
-    const std::size_t first = q.layout().row_bit_offset(3) + 16 + 5 * (q.layout().index_bits + 3);
-    for (std::size_t b = first; b < first + q.layout().index_bits; ++b) words[b / 64] |= std::uint64_t{1} << (b % 64);
-    const svq::quantized_matrix bad(rows, cols, q.config(), q.reference_scale(), words);
+    const svq::quantized_matrix bad = with_index_bits_set(q, 3, 5);
     const svq::matrix_decoder bad_dec(bad);
     std::vector<float> x(cols), y(rows);
     REQUIRE_THROWS_AS(bad_dec.dequantize(out), svq::corrupt_data);
@@ -664,10 +667,7 @@ TEST_CASE("gemv_batch's GEMM path reports a corrupt index and bad shapes") {
     const std::size_t rows = 6, cols = 256;
     const std::vector<float> w = svq::examples::gaussian_matrix(rows, cols, 23);
     const svq::quantized_matrix q = svq::quantize(w, rows, cols, explicit_config(16, 22, 3, 16, true));
-    std::vector<std::uint64_t> words(q.words().begin(), q.words().end());
-    const std::size_t first = q.layout().row_bit_offset(5) + 16 + 2 * (q.layout().index_bits + 3);
-    for (std::size_t b = first; b < first + q.layout().index_bits; ++b) words[b / 64] |= std::uint64_t{1} << (b % 64);
-    const svq::quantized_matrix bad(rows, cols, q.config(), q.reference_scale(), words);
+    const svq::quantized_matrix bad = with_index_bits_set(q, 5, 2);  // above V(16, 22) < 2^44
     const svq::matrix_decoder dec(bad);
     const std::size_t batch = svq::matrix_decoder::gemm_batch;
     std::vector<float> x(batch * cols, 1.0f), y(batch * rows);

@@ -158,25 +158,24 @@ public:
             using row_major = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
             const auto n = static_cast<Eigen::Index>(cols()), vectors = static_cast<Eigen::Index>(batch);
             const Eigen::Map<const Eigen::MatrixXf> xm(xr.data(), n, vectors);
+            const std::size_t per_tile = tile_rows();
             struct worker {
                 row_scratch sc;
                 detail::aligned_floats tile;
             };
             const auto init = [&] {
-                return worker{make_scratch(), detail::aligned_floats(std::min(rows(), tile_rows()) * cols())};
+                return worker{make_scratch(), detail::aligned_floats(std::min(rows(), per_tile) * cols())};
             };
-            detail::parallel_chunks(rows(), threads, tile_rows(), init,
+            detail::parallel_chunks(rows(), threads, per_tile, init,
                                     [&](worker& wk, std::size_t first, std::size_t end) {
-                                        row_scratch& sc = wk.sc;
-                                        detail::aligned_floats& tile = wk.tile;
-                                        for (std::size_t t0 = first; t0 < end; t0 += tile_rows()) {
-                                            const std::size_t t1 = std::min(end, t0 + tile_rows());
+                                        for (std::size_t t0 = first; t0 < end; t0 += per_tile) {
+                                            const std::size_t t1 = std::min(end, t0 + per_tile);
                                             for (std::size_t r = t0; r < t1; ++r)
-                                                decode_rotated(r, tile.data() + (r - t0) * cols(), sc);
+                                                decode_rotated(r, wk.tile.data() + (r - t0) * cols(), wk.sc);
                                             const auto m = static_cast<Eigen::Index>(t1 - t0);
                                             Eigen::Map<Eigen::MatrixXf, 0, Eigen::OuterStride<>> ym(
                                                 y.data() + t0, m, vectors, Eigen::OuterStride<>(rows()));
-                                            ym.noalias() = Eigen::Map<const row_major>(tile.data(), m, n) * xm;
+                                            ym.noalias() = Eigen::Map<const row_major>(wk.tile.data(), m, n) * xm;
                                         }
                                     });
             return;
