@@ -4,6 +4,9 @@
 #include <svq/format/layout.hpp>
 
 #include <cstddef>
+#include <filesystem>
+#include <string>
+#include <system_error>
 
 namespace svq::test {
 
@@ -18,5 +21,22 @@ inline matrix_config explicit_config(std::size_t n, std::size_t k, unsigned gain
     c.rotate = rotate;
     return c;
 }
+
+// A fresh directory svq_test_<name> in the system's temp directory, removed
+// with its contents at the end of the scope; dir / "file" is a path in it.
+struct temp_dir {
+    std::filesystem::path path;
+    explicit temp_dir(const std::string& name) : path(std::filesystem::temp_directory_path() / ("svq_test_" + name)) {
+        std::filesystem::remove_all(path);
+        std::filesystem::create_directories(path);
+    }
+    ~temp_dir() {
+        std::error_code ignored;
+        std::filesystem::remove_all(path, ignored);
+    }
+    temp_dir(const temp_dir&) = delete;
+    temp_dir& operator=(const temp_dir&) = delete;
+    std::string operator/(const std::string& file) const { return (path / file).string(); }
+};
 
 }  // namespace svq::test

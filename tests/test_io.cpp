@@ -30,14 +30,7 @@ namespace fs = std::filesystem;
 using svq::test::gaussian;
 
 // A fresh directory under the system's temporary one, removed at the end.
-struct temp_dir {
-    fs::path path;
-    explicit temp_dir(const std::string& name) : path(fs::temp_directory_path() / ("svq_test_io_" + name)) {
-        fs::remove_all(path);
-        fs::create_directories(path);
-    }
-    ~temp_dir() { fs::remove_all(path); }
-};
+using svq::test::temp_dir;
 
 bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
     return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
@@ -162,7 +155,7 @@ TEST_CASE("safetensors: every malformed header is a typed error naming the file 
 }
 
 TEST_CASE("npy: float32/16/64 in either byte order and Fortran order read as numpy wrote them", "[io]") {
-    temp_dir dir("npy");
+    temp_dir dir("io_npy");
     const std::vector<float> v = gaussian(3 * 4, 2);
     const std::size_t shape[] = {3, 4};
     svq::write_npy(dir.path / "a.npy", v, shape);
@@ -246,7 +239,7 @@ struct zoo : svq::test::method_zoo {
 
 TEST_CASE("quantized files: every method round-trips bit for bit, words read in place", "[io]") {
     const zoo z;
-    temp_dir dir("roundtrip");
+    temp_dir dir("io_roundtrip");
     const fs::path path = dir.path / "model.svq.safetensors";
     {
         const std::vector<std::byte> b = z.bytes();
@@ -293,7 +286,7 @@ TEST_CASE("quantized files: every method round-trips bit for bit, words read in 
 }
 
 TEST_CASE("quantized files: config families and the one-call save", "[io]") {
-    temp_dir dir("families");
+    temp_dir dir("io_families");
     const std::size_t rows = 20, cols = 200;  // 200 = 6 groups of 32 + a tail of 8
     const std::vector<float> w = gaussian(rows * cols, 21);
     std::vector<svq::quantized_matrix> qs;

@@ -1,6 +1,7 @@
 #include "catch.hpp"
 
 #include "common/llama2.hpp"
+#include "data_files.hpp"
 
 #include <fmt/format.h>
 
@@ -22,18 +23,17 @@ namespace {
 namespace fs = std::filesystem;
 namespace llama2 = svq::llama2;
 
-const fs::path data_dir{SVQ_DATA_DIR};
-const fs::path model_path = data_dir / "stories260K.bin";
+using svq::test::contains;
+using svq::test::data_dir;
+using svq::test::stories_model_path;
 const fs::path tokenizer_path = data_dir / "tok512.bin";
 const fs::path text_path = data_dir / "tinystories_valid_sample.txt";
 
-bool data_present() { return fs::exists(model_path) && fs::exists(tokenizer_path) && fs::exists(text_path); }
-
-// The real model and tokenizer, loaded once for the whole test binary.
-const llama2::model& real_model() {
-    static const llama2::model m = llama2::model::load(model_path);
-    return m;
+bool model_text_present() {
+    return fs::exists(stories_model_path) && fs::exists(tokenizer_path) && fs::exists(text_path);
 }
+
+// The real tokenizer, loaded once per test process (the model: svq::test::stories_model).
 const llama2::tokenizer& real_tokenizer() {
     static const llama2::tokenizer t = llama2::tokenizer::load(tokenizer_path, 512);
     return t;
@@ -72,8 +72,6 @@ std::string error_message(Action&& action) {
     }
     return "";
 }
-
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 std::vector<char> file_bytes(const fs::path& path) {
     std::ifstream in(path, std::ios::binary);
@@ -223,11 +221,11 @@ TEST_CASE("llama2 loader rejects bad checkpoints with the offending values", "[l
 }
 
 TEST_CASE("llama2 real checkpoint: truncated copy and bad tokenizer files are rejected", "[llama2][data]") {
-    if (!data_present()) {
+    if (!model_text_present()) {
         WARN("data absent (" << data_dir.string() << "): llama2 real-checkpoint error tests skipped");
         return;
     }
-    const std::vector<char> bytes = file_bytes(model_path);
+    const std::vector<char> bytes = file_bytes(stories_model_path);
     REQUIRE(bytes.size() == 28 + 4 * 264128);
     temp_file truncated("real_truncated");
     truncated.write(std::vector<char>(bytes.begin(), bytes.begin() + 1000000));
@@ -248,11 +246,11 @@ TEST_CASE("llama2 real checkpoint: truncated copy and bad tokenizer files are re
 }
 
 TEST_CASE("llama2 float model reproduces the reference real-text perplexity", "[llama2][data]") {
-    if (!data_present()) {
+    if (!model_text_present()) {
         WARN("data absent (" << data_dir.string() << "): llama2 perplexity test skipped");
         return;
     }
-    const llama2::model& m = real_model();
+    const llama2::model& m = svq::test::stories_model();
     const llama2::config& c = m.config();
     CHECK(c.dim == 64);
     CHECK(c.hidden_dim == 172);
@@ -281,11 +279,11 @@ TEST_CASE("llama2 float model reproduces the reference real-text perplexity", "[
 }
 
 TEST_CASE("llama2 greedy decoding from BOS tells the reference story", "[llama2][data]") {
-    if (!data_present()) {
+    if (!model_text_present()) {
         WARN("data absent (" << data_dir.string() << "): llama2 greedy decoding test skipped");
         return;
     }
-    const std::vector<int> tokens = llama2::generate_greedy(real_model(), 40);
+    const std::vector<int> tokens = llama2::generate_greedy(svq::test::stories_model(), 40);
     REQUIRE(tokens.size() == 40);
     CHECK(tokens.front() == llama2::bos_token);
     const std::string text = real_tokenizer().decode(tokens);
@@ -294,11 +292,11 @@ TEST_CASE("llama2 greedy decoding from BOS tells the reference story", "[llama2]
     CAPTURE(text);
     REQUIRE(text.substr(0, first_sentence.size()) == first_sentence);
     // Temperature 0 sampling is the same greedy path.
-    CHECK(llama2::sample_sequences(real_model(), 2, 40, 99, 0.0f) == std::vector<std::vector<int>>{tokens, tokens});
+    CHECK(llama2::sample_sequences(svq::test::stories_model(), 2, 40, 99, 0.0f) == std::vector<std::vector<int>>{tokens, tokens});
 }
 
 TEST_CASE("llama2 tokenizer matches run.c encode/decode", "[llama2][data]") {
-    if (!data_present()) {
+    if (!model_text_present()) {
         WARN("data absent (" << data_dir.string() << "): llama2 tokenizer test skipped");
         return;
     }
@@ -355,11 +353,11 @@ TEST_CASE("llama2 tokenizer matches run.c encode/decode", "[llama2][data]") {
 }
 
 TEST_CASE("llama2 compare_models: a copy agrees exactly, a perturbed layer does not", "[llama2][data]") {
-    if (!data_present()) {
+    if (!model_text_present()) {
         WARN("data absent (" << data_dir.string() << "): llama2 compare_models test skipped");
         return;
     }
-    const llama2::model& m = real_model();
+    const llama2::model& m = svq::test::stories_model();
     const auto sequences = llama2::sample_sequences(m, 4, 48, 5, 1.0f);
 
     const llama2::model copy = m;  // NOLINT(performance-unnecessary-copy-initialization): the copy is the subject
@@ -404,11 +402,11 @@ TEST_CASE("llama2 compare_models: a copy agrees exactly, a perturbed layer does 
 }
 
 TEST_CASE("llama2 sample_sequences is deterministic per seed", "[llama2][data]") {
-    if (!data_present()) {
+    if (!model_text_present()) {
         WARN("data absent (" << data_dir.string() << "): llama2 sampling test skipped");
         return;
     }
-    const llama2::model& m = real_model();
+    const llama2::model& m = svq::test::stories_model();
     const auto first = llama2::sample_sequences(m, 3, 32, 1, 1.0f);
     const auto again = llama2::sample_sequences(m, 3, 32, 1, 1.0f);
     const auto other = llama2::sample_sequences(m, 3, 32, 2, 1.0f);
@@ -427,11 +425,11 @@ TEST_CASE("llama2 sample_sequences is deterministic per seed", "[llama2][data]")
 }
 
 TEST_CASE("llama2 activation hook sees every linear input once per token", "[llama2][data]") {
-    if (!data_present()) {
+    if (!model_text_present()) {
         WARN("data absent (" << data_dir.string() << "): llama2 activation hook test skipped");
         return;
     }
-    const llama2::model& m = real_model();
+    const llama2::model& m = svq::test::stories_model();
     const std::vector<std::vector<int>> sequences = {{1, 403, 407, 261, 378}, {1, 317}};
     const std::size_t token_count = 7;
     std::vector<std::size_t> calls(m.linear_count(), 0);

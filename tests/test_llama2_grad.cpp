@@ -1,6 +1,7 @@
 #include "catch.hpp"
 
 #include "common/llama2_grad.hpp"
+#include "data_files.hpp"
 
 #include <fmt/format.h>
 
@@ -21,15 +22,11 @@ namespace {
 namespace fs = std::filesystem;
 namespace llama2 = svq::llama2;
 
-const fs::path data_dir{SVQ_DATA_DIR};
-const fs::path model_path = data_dir / "stories260K.bin";
+using svq::test::contains;
+using svq::test::data_dir;
+using svq::test::stories_model_path;
 
-bool data_present() { return fs::exists(model_path); }
-
-const llama2::model& real_model() {
-    static const llama2::model m = llama2::model::load(model_path);
-    return m;
-}
+bool model_present() { return fs::exists(stories_model_path); }
 
 // The message of the svq::invalid_argument that `action` throws, or "" when it throws none.
 template <class Action>
@@ -41,8 +38,6 @@ std::string invalid_argument_message(Action&& action) {
     }
     return "";
 }
-
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 struct small_shape {
     int dim = 16, hidden = 24, layers = 2, heads = 4, kv_heads = 2, vocab = 40, seq_len = 16;
@@ -255,14 +250,14 @@ TEST_CASE("llama2_grad: forward_sequence equals session::forward", "[llama2_grad
         }
         CHECK(llama2::forward_sequence<float>(m, std::vector<int>{}).empty());
     }
-    if (!data_present()) {
+    if (!model_present()) {
         WARN("data absent (" << data_dir.string() << "): llama2_grad forward test on stories260K skipped");
         return;
     }
     // A whole seq_len sequence: every RoPE angle and the longest attention rows.
-    const std::vector<int> tokens = llama2::sample_sequences(real_model(), 1, 512, 4, 1.0f).front();
-    const double float_mismatch = forward_mismatch<float>(real_model(), tokens);
-    const double double_mismatch = forward_mismatch<double>(real_model(), tokens);
+    const std::vector<int> tokens = llama2::sample_sequences(svq::test::stories_model(), 1, 512, 4, 1.0f).front();
+    const double float_mismatch = forward_mismatch<float>(svq::test::stories_model(), tokens);
+    const double double_mismatch = forward_mismatch<double>(svq::test::stories_model(), tokens);
     CAPTURE(float_mismatch, double_mismatch);
     CHECK(float_mismatch <= 1e-4);
     CHECK(double_mismatch <= 1e-4);
@@ -300,18 +295,18 @@ TEST_CASE("llama2_grad: 1 and 2 threads give bit-identical loss and gradients", 
         CHECK(llama2::kl_loss(student, sequences, teacher, 2) == one.loss);
     };
     check_threads(random_model(30), random_model(31), random_sequences(32, 40, {16, 3, 11, 0, 16, 7, 2}));
-    if (!data_present()) {
+    if (!model_present()) {
         WARN("data absent (" << data_dir.string() << "): llama2_grad thread test on stories260K skipped");
         return;
     }
     // The float model against a copy with one layer perturbed.
-    llama2::model perturbed = real_model();
+    llama2::model perturbed = svq::test::stories_model();
     std::mt19937_64 rng(5);
     std::uniform_real_distribution<float> noise(-0.05f, 0.05f);
     for (float& w : perturbed.linear(1, llama2::linear_kind::w1).weights) {
         w += noise(rng);
     }
-    check_threads(perturbed, real_model(), llama2::sample_sequences(real_model(), 5, 40, 6, 1.0f));
+    check_threads(perturbed, svq::test::stories_model(), llama2::sample_sequences(svq::test::stories_model(), 5, 40, 6, 1.0f));
 }
 
 TEST_CASE("llama2_grad: a model against its own teacher has loss 0 and gradient ~0", "[llama2_grad]") {
@@ -401,11 +396,11 @@ TEST_CASE("llama2_grad: bad input throws invalid_argument with the value", "[lla
 
 TEST_CASE("llama2_grad: modified weights: loss is compare_models' KL, a gradient step lowers it",
           "[llama2_grad][data]") {
-    if (!data_present()) {
+    if (!model_present()) {
         WARN("data absent (" << data_dir.string() << "): llama2_grad fine-tuning step test skipped");
         return;
     }
-    const llama2::model& reference = real_model();
+    const llama2::model& reference = svq::test::stories_model();
     const auto sequences = llama2::sample_sequences(reference, 3, 64, 8, 1.0f);
     const llama2::teacher_distributions teacher = llama2::make_teacher(reference, sequences);
 

@@ -4,6 +4,7 @@
 // gives the same weights, logits and perplexity as the same matrices
 // quantized in memory.
 #include "common/llama2_safetensors.hpp"
+#include "data_files.hpp"
 
 #include <svq/io/quantized_file.hpp>
 #include <svq/quantize.hpp>
@@ -21,7 +22,7 @@ namespace {
 namespace fs = std::filesystem;
 using namespace svq;
 
-const fs::path data_dir{SVQ_DATA_DIR};
+using svq::test::data_dir;
 const fs::path shipped = fs::path(SVQ_SOURCE_DIR) / "models" / "stories260K";
 
 }  // namespace

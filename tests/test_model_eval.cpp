@@ -5,6 +5,7 @@
 
 #include "common/finetune.hpp"
 #include "common/model_eval.hpp"
+#include "data_files.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -17,7 +18,7 @@ namespace {
 
 namespace me = svq::model_eval;
 
-const std::filesystem::path data_dir{SVQ_DATA_DIR};
+using svq::test::data_dir;
 
 // A shortened table: 3 x 24 sampled tokens, 4 calibration sequences, one target.
 me::run_options short_options(unsigned threads) {

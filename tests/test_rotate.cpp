@@ -15,7 +15,7 @@
 namespace {
 
 // Portable test data (same values on every standard library).
-std::vector<double> gaussian(std::size_t n, std::uint64_t seed) {
+std::vector<double> gaussian_doubles(std::size_t n, std::uint64_t seed) {
     svq::detail::normal_sampler normal(seed);
     std::vector<double> values(n);
     for (auto& v : values) v = normal.next();
@@ -163,7 +163,7 @@ TEST_CASE("hadamard_rotation: inverse undoes forward and the norm is kept") {
         CAPTURE(dim);
         const svq::hadamard_rotation rotation(dim, 0x5eed + dim);
         REQUIRE(rotation.dim() == dim);
-        const std::vector<float> input = as<float>(gaussian(dim, dim));
+        const std::vector<float> input = as<float>(gaussian_doubles(dim, dim));
         std::vector<float> values = input;
         rotation.forward(values);
         CHECK(std::abs(norm(values) - norm(input)) <= 1e-6 * norm(input));
@@ -183,7 +183,7 @@ TEST_CASE("hadamard_rotation: inverse undoes forward and the norm is kept") {
         CHECK(with_scratch == allocating);
 
         // Double path: same R, to double precision.
-        const std::vector<double> input_double = gaussian(dim, dim + 1);
+        const std::vector<double> input_double = gaussian_doubles(dim, dim + 1);
         std::vector<double> values_double = input_double;
         rotation.forward(std::span<double>(values_double));
         CHECK(std::abs(norm(values_double) - norm(input_double)) <= 1e-13 * norm(input_double));
@@ -209,7 +209,7 @@ TEST_CASE("hadamard_rotation equals a dense orthogonal R built column by column"
         CHECK((r_float.transpose() * r_float - Eigen::MatrixXd::Identity(n, n)).cwiseAbs().maxCoeff() <= 1e-5);
         CHECK((r_float - r).cwiseAbs().maxCoeff() <= 1e-6);
 
-        const std::vector<double> x = gaussian(dim, 3 * dim);
+        const std::vector<double> x = gaussian_doubles(dim, 3 * dim);
         const Eigen::VectorXd x_vec = Eigen::Map<const Eigen::VectorXd>(x.data(), n);
         const Eigen::VectorXd expected_forward = r * x_vec;
         const Eigen::VectorXd expected_inverse = r.transpose() * x_vec;
@@ -294,7 +294,7 @@ TEST_CASE("rotated weights times rotated input equal the original product") {
         const std::size_t rows = 8;
         const svq::hadamard_rotation rotation(dim, 3);
         const std::vector<float> w = student_t4(rows * dim, 100 + dim);
-        const std::vector<float> x = as<float>(gaussian(dim, 200 + dim));
+        const std::vector<float> x = as<float>(gaussian_doubles(dim, 200 + dim));
         std::vector<double> y(rows, 0.0);
         for (std::size_t r = 0; r < rows; ++r) {
             for (std::size_t j = 0; j < dim; ++j) y[r] += static_cast<double>(w[r * dim + j]) * x[j];
@@ -328,7 +328,7 @@ TEST_CASE("conjugate gives R H R^T and keeps the trace") {
         const Eigen::MatrixXd r = dense_rotation(rotation);
         // H = X^T X / tokens from correlated activations (a random mixing of Gaussian columns).
         const std::size_t tokens = 2 * dim + 8;
-        const std::vector<double> raw = gaussian(tokens * dim, 31 + dim);
+        const std::vector<double> raw = gaussian_doubles(tokens * dim, 31 + dim);
         Eigen::MatrixXd x = Eigen::Map<const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
             raw.data(), static_cast<Eigen::Index>(tokens), n);
         x.col(0) *= 10.0;  // one outlier channel, as in real activations
@@ -350,7 +350,7 @@ TEST_CASE("conjugate gives R H R^T and keeps the trace") {
 TEST_CASE("the seed determines R") {
     for (const std::size_t dim : {std::size_t{7}, std::size_t{172}, std::size_t{4096}}) {
         CAPTURE(dim);
-        const std::vector<float> x = as<float>(gaussian(dim, 5));
+        const std::vector<float> x = as<float>(gaussian_doubles(dim, 5));
         std::vector<float> first = x;
         std::vector<float> again = x;
         std::vector<float> other = x;

@@ -9,7 +9,7 @@
 //                         computed by svq::xxh64;
 //   <dir>/<name>.npy      a plain tensor's values as svq reads them (float32),
 //                         an RTN matrix dequantized (codes * fp16 scales).
-// Usage: svq_io_python_fixture <dir>
+// Part of svq_tests: the hidden case below, <dir> from SVQ_PYTHON_READER_DIR.
 #include <svq/crvq/crvq.hpp>
 #include <svq/io/npy.hpp>
 #include <svq/io/quantized_file.hpp>
@@ -18,9 +18,11 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "catch.hpp"
 #include "method_zoo.hpp"
 
 #include <cstdint>
+#include <cstdlib>
 #include <exception>
 #include <filesystem>
 #include <fstream>
@@ -173,15 +175,10 @@ int run(const std::filesystem::path& dir) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-    if (argc != 2) {
-        fmt::print(stderr, "usage: {} <output directory>\n", argv[0]);
-        return 2;
-    }
-    try {
-        return run(argv[1]);
-    } catch (const std::exception& e) {
-        fmt::print(stderr, "{}: {}\n", argv[0], e.what());
-        return 1;
-    }
+// ctest's python_reader_fixture runs this case (hidden: not part of a plain
+// run of svq_tests) with the output directory in SVQ_PYTHON_READER_DIR.
+TEST_CASE("python reader fixture: the file and its manifest", "[.python_fixture]") {
+    const char* dir = std::getenv("SVQ_PYTHON_READER_DIR");
+    REQUIRE(dir != nullptr);
+    REQUIRE(run(dir) == 0);
 }

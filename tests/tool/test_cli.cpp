@@ -14,6 +14,7 @@
 #include <svq/quantize.hpp>
 
 #include "catch.hpp"
+#include "support.hpp"
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -35,18 +36,7 @@ namespace fs = std::filesystem;
 const fs::path model = fs::path(SVQ_MODEL_DIR) / "model.safetensors";
 
 // A fresh directory under the system's temporary one, removed at the end.
-struct temp_dir {
-    fs::path path;
-    explicit temp_dir(const std::string& name) : path(fs::temp_directory_path() / ("svq_test_cli_" + name)) {
-        fs::remove_all(path);
-        fs::create_directories(path);
-    }
-    ~temp_dir() {
-        std::error_code ec;
-        fs::remove_all(path, ec);
-    }
-    std::string operator/(const std::string& f) const { return (path / f).string(); }
-};
+using svq::test::temp_dir;
 
 std::string slurp(const fs::path& p) {
     std::ifstream f(p, std::ios::binary);
@@ -83,7 +73,7 @@ std::size_t lines(const std::string& s) {
 
 TEST_CASE("svq quantize -> info -> dequantize -> compare on stories260K equals the library in memory", "[cli][e2e]") {
     REQUIRE(fs::exists(model));
-    temp_dir dir("e2e");
+    temp_dir dir("cli_e2e");
     const std::string qfile = dir / "q.safetensors", dfile = dir / "d.safetensors";
 
     const result quantized = svq_run(dir, "quantize " + q(model.string()) + " -o " + q(qfile) + " --bpw 3.25 --threads 2");
@@ -171,7 +161,7 @@ TEST_CASE("svq quantize -> info -> dequantize -> compare on stories260K equals t
 
 TEST_CASE("svq: every error exits non-zero with one line on stderr naming it", "[cli][errors]") {
     REQUIRE(fs::exists(model));
-    temp_dir dir("errors");
+    temp_dir dir("cli_errors");
     const std::string m = q(model.string()), out = q(dir / "out.safetensors");
     struct error_case {
         const char* what;
