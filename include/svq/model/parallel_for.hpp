@@ -4,8 +4,8 @@
 // which suits rows of one matrix on equal cores. The model-level methods run
 // tasks whose costs differ by orders of magnitude (a configuration search on
 // a 64 x 64 matrix beside one on a 512 x 64 embedding), so a thread takes
-// the next index when it is free. Each task writes only its own output, so results never depend
-// on the thread count.
+// the next index when it is free. Each task writes only its own output, so
+// results never depend on the thread count.
 #pragma once
 
 #include <svq/core/parallel.hpp>
