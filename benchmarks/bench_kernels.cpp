@@ -17,12 +17,21 @@
 // vectors). Counters: vs_memcpy = memcpy time of the packed bytes / this time,
 // vs_float_gemv = float GEMV time / this time (both measured in this run,
 // median of 5).
+// The trellis codec (trellis/trellis.hpp) on the same matrix, argument bpw:
+// the configuration trellis_config_for(4096, 4096, bpw) (L = 12, rotated),
+// quantized before the timing on all cores: bm_trellis_gemv (one thread),
+// bm_trellis_dequantize, bm_trellis_gemv_batch/<bpw>/<vectors> (counter
+// vs_float_gemm), bm_trellis_gemv_threads (two threads, vs_one_thread);
+// vs_float_gemv against an Eigen float GEMV of its own dequantized matrix in
+// this run; counter sqnr_db: the SQNR of that matrix.
 #include <common/synthetic.hpp>
 
 #include <svq/core/eigen.hpp>
 #include <svq/kernels/gemv.hpp>
 #include <svq/matrix/auto_config.hpp>
+#include <svq/matrix/metrics.hpp>
 #include <svq/matrix/quantized_matrix.hpp>
+#include <svq/trellis/trellis.hpp>
 
 #include "bench_main.hpp"
 
@@ -284,6 +293,99 @@ void bm_gemv_fused_threads(benchmark::State& state) {
     state.counters["vs_one_thread"] = one / per;
 }
 
+struct trellis_prepared {
+    svq::trellis_matrix q;
+    std::vector<float> wq;  // dequantized
+    double float_gemv_s = 0.0, sqnr_db = 0.0;
+};
+
+trellis_prepared& get_trellis(int bpw) {
+    static std::map<int, trellis_prepared> cache;
+    auto it = cache.find(bpw);
+    if (it == cache.end()) {
+        trellis_prepared p;
+        p.q = svq::quantize_trellis(matrix(), side, side, svq::trellis_config_for(side, side, bpw), 0);
+        p.wq = p.q.dequantize();
+        p.sqnr_db = svq::sqnr_db(matrix(), p.wq);
+        std::vector<float> y(side);
+        p.float_gemv_s = median_seconds([&] {
+            float_gemv(p.wq, vectors().data(), y.data());
+            benchmark::DoNotOptimize(y.data());
+        });
+        it = cache.emplace(bpw, std::move(p)).first;
+    }
+    return it->second;
+}
+
+// As timed, for the trellis matrix: items/s, bpw, sqnr_db, vs_float_gemv;
+// returns the seconds per iteration.
+template <class Body>
+double trellis_timed(benchmark::State& state, const trellis_prepared& p, double items, Body&& body) {
+    timer tm;
+    for (auto _ : state) {
+        tm.start();
+        body();
+        tm.stop();
+    }
+    state.SetItemsProcessed(static_cast<std::int64_t>(static_cast<double>(state.iterations()) * items));
+    state.counters["bpw"] = p.q.bits_per_weight();
+    state.counters["sqnr_db"] = p.sqnr_db;
+    state.SetLabel(svq::to_string(p.q.config()));
+    const double per = tm.total() / static_cast<double>(std::max<benchmark::IterationCount>(state.iterations(), 1));
+    state.counters["vs_float_gemv"] = p.float_gemv_s / per;
+    return per;
+}
+
+void bm_trellis_gemv(benchmark::State& state) {
+    trellis_prepared& p = get_trellis(static_cast<int>(state.range(0)));
+    std::vector<float> y(side);
+    const std::span<const float> x(vectors().data(), side);
+    trellis_timed(state, p, side * side, [&] {
+        p.q.gemv(x, y);
+        benchmark::DoNotOptimize(y.data());
+    });
+}
+
+void bm_trellis_dequantize(benchmark::State& state) {
+    trellis_prepared& p = get_trellis(static_cast<int>(state.range(0)));
+    std::vector<float> out(side * side);
+    trellis_timed(state, p, side * side, [&] {
+        p.q.dequantize(out);
+        benchmark::DoNotOptimize(out.data());
+    });
+}
+
+void bm_trellis_gemv_batch(benchmark::State& state) {
+    trellis_prepared& p = get_trellis(static_cast<int>(state.range(0)));
+    const auto batch = static_cast<std::size_t>(state.range(1));
+    std::vector<float> y(side * batch);
+    const std::span<const float> x(vectors().data(), side * batch);
+    const double gemm = median_seconds([&] {
+        float_gemm(p.wq, vectors().data(), y.data(), batch);
+        benchmark::DoNotOptimize(y.data());
+    });
+    const double per = trellis_timed(state, p, static_cast<double>(side * side * batch), [&] {
+        p.q.gemv_batch(x, y, batch);
+        benchmark::DoNotOptimize(y.data());
+    });
+    state.counters["vs_float_gemm"] = gemm / per;
+}
+
+void bm_trellis_gemv_threads(benchmark::State& state) {
+    trellis_prepared& p = get_trellis(static_cast<int>(state.range(0)));
+    std::vector<float> y(side);
+    const std::span<const float> x(vectors().data(), side);
+    const double one = median_seconds([&] {
+        p.q.gemv(x, y, 1);
+        benchmark::DoNotOptimize(y.data());
+    });
+    const double per = trellis_timed(state, p, side * side, [&] {
+        p.q.gemv(x, y, 2);
+        benchmark::DoNotOptimize(y.data());
+    });
+    state.counters["vs_one_thread"] = one / per;
+}
+
 // The fastest repetition (with --benchmark_repetitions): the run least
 // disturbed by the rest of the machine, next to the mean and median.
 double fastest(const std::vector<double>& v) { return v.empty() ? 0.0 : *std::min_element(v.begin(), v.end()); }
@@ -318,6 +420,14 @@ BENCHMARK(bm_gemv_fused_threads)
     ->Args({3, 2})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime()->ComputeStatistics("min", fastest);
+
+BENCHMARK(bm_trellis_gemv)->DenseRange(2, 4)->Unit(benchmark::kMillisecond)->UseRealTime()->ComputeStatistics("min", fastest);
+BENCHMARK(bm_trellis_dequantize)->DenseRange(2, 4)->Unit(benchmark::kMillisecond)->UseRealTime()->ComputeStatistics("min", fastest);
+BENCHMARK(bm_trellis_gemv_batch)
+    ->ArgsProduct({{3}, {1, 4, 16, 64}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()->ComputeStatistics("min", fastest);
+BENCHMARK(bm_trellis_gemv_threads)->Arg(3)->Unit(benchmark::kMillisecond)->UseRealTime()->ComputeStatistics("min", fastest);
 
 int main(int argc, char** argv) {
     return svq::bench::main(argc, argv,

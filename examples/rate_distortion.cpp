@@ -1,11 +1,11 @@
-// Rate-distortion demo: svq's PVQ matrix codec at target bits per weight on
-// the synthetic sets of docs/design.md, "Synthetic sets" (4096 x 4096 iid Gaussian and Student-t(4))
-// and on the trained weights of stories260K (when SVQ_DATA_DIR has them),
-// next to a round-to-nearest baseline (groups of 32, absmax int-b, fp16 scale)
-// measured in the same run.
+// Rate-distortion demo: svq's PVQ matrix codec and its trellis codec at
+// target bits per weight on the synthetic sets of docs/design.md, "Synthetic
+// sets" (4096 x 4096 iid Gaussian and Student-t(4)) and on the trained weights
+// of stories260K (when SVQ_DATA_DIR has them), next to a round-to-nearest
+// baseline (groups of 32, absmax int-b, fp16 scale) measured in the same run.
 //
-//   rate_distortion [--json FILE] [--size N] [--targets 2,3.25,...] [--data DIR]
-//                   [--no-real] [--no-progress]
+//   rate_distortion [--json FILE] [--size N] [--targets 2,3.25,...]
+//                   [--trellis-targets 2,3,...] [--data DIR] [--no-real] [--no-progress]
 //
 // One thread. Every bpw is every stored bit / weights (docs/design.md, "Bits per weight").
 #include <common/args.hpp>
@@ -18,6 +18,7 @@
 #include <svq/matrix/quantized_matrix.hpp>
 #include <svq/matrix/rtn.hpp>
 #include <svq/simd/compat.hpp>
+#include <svq/trellis/trellis.hpp>
 
 #include <fmt/format.h>
 
@@ -133,6 +134,7 @@ struct options {
     std::optional<std::string> json;
     std::size_t size = 4096;
     std::vector<double> targets = {2.0, 2.0625, 2.5, 2.5625, 3.0, 3.0625, 3.25, 3.4375, 3.5, 4.0, 4.25};
+    std::vector<double> trellis_targets = {2.0, 2.5, 3.0, 3.25, 3.5, 4.0};
     std::filesystem::path data = SVQ_DATA_DIR;
     bool real = true, progress = true;
 };
@@ -140,12 +142,14 @@ struct options {
 options parse(int argc, char** argv) {
     options o;
     svq::examples::arg_parser p("rate_distortion",
-                                "svq's PVQ matrix codec at target bits per weight next to round-to-nearest, on\n"
+                                "svq's PVQ and trellis codecs at target bits per weight next to round-to-nearest, on\n"
                                 "synthetic Gaussian and Student-t(4) matrices and stories260K's weights; one thread.");
     p.json_option(o.json, "the table")
         .option("--size", "N", o.size, "rows and columns of the synthetic matrices",
                 svq::examples::bounds::at_least(64))
-        .option("--targets", "2,3.25,...", o.targets, "target bits per weight of the svq rows")
+        .option("--targets", "2,3.25,...", o.targets, "target bits per weight of the svq PVQ rows")
+        .option("--trellis-targets", "2,3,...", o.trellis_targets,
+                "target bits per weight of the svq trellis rows (L = 12); empty: none")
         .data_option(o.data, "stories260K.bin")
         .flag("--no-real", o.real, "synthetic sets only (skip stories260K)", false)
         .flag("--no-progress", o.progress, "no progress bar on stderr", false);
@@ -195,26 +199,25 @@ result_row run_rtn(const dataset& d, unsigned bits) {
     return r;
 }
 
-result_row run_svq(const dataset& d, double target) {
+// One svq row of the table: encode(part) returns the quantized matrix of a
+// part (any QuantizedMatrix) and its configuration in a few words.
+template <class Encode>
+result_row run_svq(const dataset& d, double target, const char* method, Encode&& encode) {
     tally t;
     std::string config;
     for (const matrix_part& p : d.parts) {
         const auto t0 = clock_type::now();
-        const svq::config_candidate choice = svq::choose_config(p.weights, p.rows, p.cols, target);
-        const svq::quantized_matrix q = svq::quantize(p.weights, p.rows, p.cols, choice.config);
+        const auto [q, summary] = encode(p);
         t.encode_s += seconds_since(t0);
         const auto t1 = clock_type::now();
         const std::vector<float> y = q.dequantize();
         t.decode_s += seconds_since(t1);
         t.add(p.weights, y, static_cast<double>(q.stored_bits()));
-        const svq::matrix_config& c = choice.config;
-        const std::string summary = fmt::format("N={} K={} gb={} sb={}", c.group_dim, c.pulses, c.gain_bits,
-                                                c.row_scale_bits);
         config += (config.empty() ? "" : "; ") + (d.parts.size() > 1 ? p.name + " " : std::string()) + summary;
     }
     result_row r;
     r.dataset = d.name;
-    r.method = "svq PVQ";
+    r.method = method;
     r.config = config;
     r.target = target;
     r.bpw = t.bpw();
@@ -262,7 +265,21 @@ int main(int argc, char** argv) try {
     }
 
     constexpr unsigned rtn_bits[] = {2, 3, 4};
-    progress_bar bar(sets.size() * (std::size(rtn_bits) + o.targets.size()), o.progress);
+    progress_bar bar(sets.size() * (std::size(rtn_bits) + o.targets.size() + o.trellis_targets.size()), o.progress);
+    const auto pvq = [](double target) {
+        return [target](const matrix_part& p) {
+            const svq::matrix_config c = svq::choose_config(p.weights, p.rows, p.cols, target).config;
+            return std::pair{svq::quantize(p.weights, p.rows, p.cols, c),
+                             fmt::format("N={} K={} gb={} sb={}", c.group_dim, c.pulses, c.gain_bits, c.row_scale_bits)};
+        };
+    };
+    const auto trellis = [](double target) {
+        return [target](const matrix_part& p) {
+            const svq::trellis_config c = svq::trellis_config_for(p.rows, p.cols, target);
+            return std::pair{svq::quantize_trellis(p.weights, p.rows, p.cols, c),
+                             fmt::format("b={}/64 L={}", c.bits_per_64, c.state_bits)};
+        };
+    };
     std::vector<result_row> rows;
     for (const dataset& d : sets) {
         std::vector<result_row> baselines;
@@ -270,8 +287,12 @@ int main(int argc, char** argv) try {
             baselines.push_back(run_rtn(d, b));
             bar.step(fmt::format("{} RTN int{}", d.name, b));
         }
-        for (const double target : o.targets) {
-            result_row r = run_svq(d, target);
+        std::vector<std::pair<double, bool>> runs;  // (target, trellis)
+        for (const double target : o.targets) runs.emplace_back(target, false);
+        for (const double target : o.trellis_targets) runs.emplace_back(target, true);
+        for (const auto& [target, is_trellis] : runs) {
+            result_row r = is_trellis ? run_svq(d, target, "svq trellis", trellis(target))
+                                      : run_svq(d, target, "svq PVQ", pvq(target));
             // The cheapest baseline with at least this row's bits.
             const result_row* base = nullptr;
             for (const result_row& b : baselines)
@@ -282,7 +303,7 @@ int main(int argc, char** argv) try {
             r.baseline_sqnr_db = base->sqnr_db;
             r.mse_ratio = base->mse_ratio / r.mse_ratio;
             rows.push_back(std::move(r));
-            bar.step(fmt::format("{} svq {} bpw", d.name, target));
+            bar.step(fmt::format("{} svq {} {} bpw", d.name, is_trellis ? "trellis" : "PVQ", target));
         }
         for (result_row& b : baselines) {
             b.mse_ratio = 1.0;

@@ -200,6 +200,7 @@ void svq_corpus(const fs::path& dir, const models& m) {
     const std::string k[] = {"w"};
     one("crvq_kmeans.svq.safetensors", [&](svq::model_writer& w) { w.add_crvq("books", m.ck, k); });
     one("crvq_pvq.svq.safetensors", [&](svq::model_writer& w) { w.add_crvq("books", m.cp, k); });
+    const auto trellis = one("trellis.svq.safetensors", [&](svq::model_writer& w) { w.add("w", m.trellis); });
     const auto all = one("all_methods.svq.safetensors", [&](svq::model_writer& w) {
         w.add("plain", m.plain);
         w.add("hessian", m.hessian, "hessian");
@@ -207,6 +208,7 @@ void svq_corpus(const fs::path& dir, const models& m) {
         const std::string ks[] = {"crvq_k"}, ps[] = {"crvq_p"};
         w.add_crvq("books_k", m.ck, ks);
         w.add_crvq("books_p", m.cp, ps);
+        w.add("trellis", m.trellis);
         w.add_tensor("embedding", m.embedding, {4, 6});
         w.add_tensor("norm", std::span<const float>(m.embedding).first(6), {6}, svq::dtype::bf16);
         w.set_metadata("model", "fuzz seed");
@@ -224,6 +226,11 @@ void svq_corpus(const fs::path& dir, const models& m) {
     put(dir, "bad_json_entry.svq.safetensors", with_header(plain, replace_first(h, R"({\"method\")", R"({\"method)")));
     put(dir, "no_checksums.svq.safetensors", with_header(plain, replace_first(h, R"("svq.checksums")", R"("svq.checksumz")")));
     put(dir, "bad_group_dim.svq.safetensors", with_header(plain, replace_first(h, R"(\"group_dim\":16)", R"(\"group_dim\":40)")));
+    const std::string t = header_text(trellis);
+    put(dir, "trellis_bad_rate.svq.safetensors",
+        with_header(trellis, replace_first(t, R"(\"bits_per_64\":200)", R"(\"bits_per_64\":320)")));
+    put(dir, "trellis_bad_state_bits.svq.safetensors",
+        with_header(trellis, replace_first(t, R"(\"state_bits\":8)", R"(\"state_bits\":3)")));
 }
 
 // ---- row decoder: header bytes (harnesses.hpp) + real payload words ----

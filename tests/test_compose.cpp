@@ -132,6 +132,7 @@ TEST_CASE("concepts accept svq's parts and reject a part missing one operation")
     STATIC_REQUIRE(svq::QuantizedMatrix<svq::quantized_matrix>);
     STATIC_REQUIRE(svq::QuantizedMatrix<svq::basic_quantized_matrix<svq::basic_row_format<svq::pvq_split_index, uniform_gains>>>);
     STATIC_REQUIRE(svq::QuantizedMatrix<svq::rtn_matrix>);
+    STATIC_REQUIRE(svq::QuantizedMatrix<svq::trellis_matrix>);
     STATIC_REQUIRE_FALSE(svq::QuantizedMatrix<svq::matrix_layout>);
     // The fast decoder reads its matrix's words: built from a temporary it would dangle, so it cannot be.
     STATIC_REQUIRE(std::is_constructible_v<svq::matrix_decoder, const svq::quantized_matrix&>);

@@ -18,6 +18,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <limits>
 #include <random>
 #include <string>
@@ -216,13 +217,14 @@ struct zoo : svq::test::method_zoo {
         const std::string k[] = {"crvq_k"}, p[] = {"crvq_p"};
         mw.add_crvq("books_k", ck, k);
         mw.add_crvq("books_p", cp, p);
+        mw.add("trellis", trellis);
         mw.add_tensor("embedding", embedding, {10, 6});
         return mw.to_bytes();
     }
     // Every decode the file gives, in one list.
     std::vector<std::vector<float>> expected() const {
         return {plain.dequantize(),         plain8.dequantize(),         hessian.dequantize(), rtn.dequantize(),
-                ck.matrices[0].dequantize(), cp.matrices[0].dequantize(), embedding};
+                ck.matrices[0].dequantize(), cp.matrices[0].dequantize(), trellis.dequantize(), embedding};
     }
     static std::vector<std::vector<float>> decode(const svq::model_file& f) {
         return {f.pvq("plain").dequantize(),
@@ -231,6 +233,7 @@ struct zoo : svq::test::method_zoo {
                 f.rtn("rtn").dequantize(),
                 f.crvq<svq::kmeans_base>("crvq_k").dequantize(),
                 f.crvq<svq::pvq_base>("crvq_p").dequantize(),
+                f.trellis("trellis").dequantize(),
                 f.tensor("embedding")};
     }
 };
@@ -248,18 +251,25 @@ TEST_CASE("quantized files: every method round-trips bit for bit, words read in 
     for (const bool mmap : {true, false}) {
         const svq::model_file f = svq::load(path, {.verify_checksums = true, .mmap = mmap});
         CHECK(f.file().storage()->mapped() == mmap);
-        CHECK(f.matrices() == std::vector<std::string>{"crvq_k", "crvq_p", "hessian", "plain", "plain8", "rtn"});
+        CHECK(f.matrices() == std::vector<std::string>{"crvq_k", "crvq_p", "hessian", "plain", "plain8", "rtn", "trellis"});
         CHECK(f.tensors() == std::vector<std::string>{"embedding"});
         CHECK(f.method("plain") == "pvq");
         CHECK(f.method("rtn") == "rtn");
         CHECK(f.method("crvq_k") == "crvq");
+        CHECK(f.method("trellis") == "trellis");
         const auto got = zoo::decode(f), want = z.expected();
         for (std::size_t i = 0; i < want.size(); ++i) {
             INFO("part " << i);
             CHECK(same_bits(got[i], want[i]));
         }
-        for (const std::string name : {"plain", "plain8", "hessian", "rtn", "crvq_k", "crvq_p"})
-            CHECK(same_bits(f.dequantize(name), want[name == "plain" ? 0 : name == "plain8" ? 1 : name == "hessian" ? 2 : name == "rtn" ? 3 : name == "crvq_k" ? 4 : 5]));
+        const std::string names[] = {"plain", "plain8", "hessian", "rtn", "crvq_k", "crvq_p", "trellis"};
+        for (std::size_t i = 0; i < std::size(names); ++i) CHECK(same_bits(f.dequantize(names[i]), want[i]));
+
+        // The trellis matrix: its stream, factors and configuration as written.
+        const svq::trellis_matrix t = f.trellis("trellis");
+        CHECK(t.config() == z.trellis.config());
+        CHECK(std::equal(t.payload().begin(), t.payload().end(), z.trellis.payload().begin(), z.trellis.payload().end()));
+        CHECK(t.stored_bits() == z.trellis.stored_bits());
 
         // The loaded PVQ matrix's words are the file's bytes, not a copy.
         const svq::quantized_matrix q = f.pvq("plain");
@@ -336,6 +346,15 @@ TEST_CASE("quantized files: versions, checksums and disagreeing entries are type
         k.replace(k.find("\"pulses\":20"), 11, "\"pulses\":21");
         REQUIRE_THROWS_AS(load_bytes(with_metadata("plain.svq", k), {.verify_checksums = false}).pvq("plain"),
                           svq::corrupt_data);
+        // A trellis entry whose configuration disagrees with its payload, or is out of range.
+        std::string t = *f.metadata("trellis.svq");
+        t.replace(t.find("\"bits_per_64\":200"), 17, "\"bits_per_64\":260");
+        REQUIRE_THROWS_WITH(load_bytes(with_metadata("trellis.svq", t), {.verify_checksums = false}).trellis("trellis"),
+                            Catch::Contains("matrix 'trellis'") && Catch::Contains("trellis.svq.payload"));
+        t = *f.metadata("trellis.svq");
+        t.replace(t.find("\"state_bits\":8"), 14, "\"state_bits\":40");
+        REQUIRE_THROWS_WITH(load_bytes(with_metadata("trellis.svq", t), {.verify_checksums = false}).trellis("trellis"),
+                            Catch::Contains("matrix 'trellis'") && Catch::Contains("state_bits = 40"));
     }
     {  // One stored bit of the words flipped: the checksum names the tensor.
         std::vector<std::byte> b = good;

@@ -1,6 +1,6 @@
 // svq: the command-line tool (docs/cli.md).
 //
-//   svq quantize INPUT... -o OUT --bpw B [--method pvq|hessian|crvq|rtn] ...
+//   svq quantize INPUT... -o OUT --bpw B [--method pvq|hessian|crvq|rtn|trellis] ...
 //   svq info FILE [--json]
 //   svq dequantize INPUT -o OUT [--dtype f32|f16|bf16]
 //   svq compare REFERENCE QUANTIZED [--json]
@@ -203,6 +203,7 @@ struct quantize_args {
     std::string method = "pvq";
     std::string calibration;
     bool speed = false;
+    unsigned state_bits = 12;
     std::string include;
     std::string exclude;
     std::vector<std::string> tensor_bpw;
@@ -336,9 +337,11 @@ struct tensor_row {
 };
 
 int run_quantize(const quantize_args& a) {
-    static const std::set<std::string> methods = {"pvq", "hessian", "crvq", "rtn"};
+    static const std::set<std::string> methods = {"pvq", "hessian", "crvq", "rtn", "trellis"};
     if (!methods.count(a.method))
-        throw svq::invalid_argument(fmt::format("--method '{}': expected pvq, hessian, crvq or rtn", a.method));
+        throw svq::invalid_argument(fmt::format("--method '{}': expected pvq, hessian, crvq, rtn or trellis", a.method));
+    if (a.state_bits < 4 || a.state_bits > 16)
+        throw svq::invalid_argument(fmt::format("--state-bits {}: must be in 4..16", a.state_bits));
     if (!(a.bpw > 0.0 && a.bpw <= 32.0)) throw svq::invalid_argument(fmt::format("--bpw {}: must be in (0, 32]", a.bpw));
     if (a.method == "hessian" && a.calibration.empty())
         throw svq::invalid_argument("--method hessian needs --calibration FILE (activations or per-tensor X^T X)");
@@ -400,6 +403,7 @@ int run_quantize(const quantize_args& a) {
         std::optional<svq::quantized_matrix> pvq;
         std::optional<svq::rtn_matrix> rtn;
         std::optional<svq::crvq_model<svq::pvq_base>> crvq;
+        std::optional<svq::trellis_matrix> trellis;
         bool hessian = false;
     };
     std::vector<std::size_t> jobs;  // indices into tensors
@@ -426,7 +430,8 @@ int run_quantize(const quantize_args& a) {
         float_buffer wbuf(t.elements());
         c->to_float(n, wbuf.span(), inner_threads);
         const std::span<const float> w = wbuf.span();
-        const std::vector<double> h = a.method == "rtn" || a.method == "pvq" ? std::vector<double>{} : calibration.hessian(n, k);
+        const bool plain_mse = a.method == "rtn" || a.method == "pvq" || a.method == "trellis";
+        const std::vector<double> h = plain_mse ? std::vector<double>{} : calibration.hessian(n, k);
         if (a.method == "hessian" && h.empty())
             throw svq::invalid_argument(fmt::format("{}: no calibration for tensor '{}' ('{}.hessian' [{}, {}] or '{}' [n, {}])",
                                                     a.calibration, n, n, k, k, n, k));
@@ -443,6 +448,12 @@ int run_quantize(const quantize_args& a) {
                 out.row.config = rtn_string(rc);
                 out.row.bpw = out.rtn->bits_per_weight();
                 back = out.rtn->dequantize();
+            } else if (a.method == "trellis") {
+                out.trellis.emplace(
+                    svq::quantize_trellis(w, r, k, svq::trellis_config_for(r, k, bpw, a.state_bits), inner_threads));
+                out.row.config = svq::to_string(out.trellis->config());
+                out.row.bpw = out.trellis->bits_per_weight();
+                back = out.trellis->dequantize();
             } else if (a.method == "crvq") {
                 svq::crvq_config<svq::pvq_base> cc;
                 cc.base.target_bpw = bpw;
@@ -493,6 +504,7 @@ int run_quantize(const quantize_args& a) {
             job_result& q = results[j++];
             if (q.pvq) writer.add(n, *q.pvq, q.hessian ? "hessian" : "mse");
             if (q.rtn) writer.add(n, *q.rtn);
+            if (q.trellis) writer.add(n, *q.trellis);
             if (q.crvq) {
                 const std::string names[] = {n};
                 writer.add_crvq(n + ".crvq_codebooks", *q.crvq, names);
@@ -660,6 +672,10 @@ int run_info(const info_args& a) {
                     } else if (method == "rtn") {
                         const svq::rtn_matrix q = f.rtn(name);
                         config = rtn_string(q.config());
+                        bpw = q.bits_per_weight();
+                    } else if (method == "trellis") {
+                        const svq::trellis_matrix q = f.trellis(name);
+                        config = svq::to_string(q.config());
                         bpw = q.bits_per_weight();
                     } else if (method == "crvq") {
                         if (d.value("base", std::string()) == "pvq") {
@@ -884,6 +900,10 @@ int run_bench(const bench_args& a) {
             const svq::rtn_matrix q = f.rtn(n);
             decode = time_per_call([&] { q.dequantize(out); }, a.min_time);
             fused = time_per_call([&] { q.gemv(x, y, a.threads); }, a.min_time);
+        } else if (method == "trellis") {
+            const svq::trellis_matrix q = f.trellis(n);
+            decode = time_per_call([&] { q.dequantize(out, a.threads); }, a.min_time);
+            fused = time_per_call([&] { q.gemv(x, y, a.threads); }, a.min_time);
         } else {
             out = f.dequantize(n);  // CRVQ: decode and product through the matrix's own routines
             const nlohmann::json d = description(f, n);
@@ -951,7 +971,10 @@ int main(int argc, char** argv) {
         ->required()
         ->default_str("");
     quantize->add_option("--method", qa.method, "pvq | hessian (needs --calibration) | crvq (PVQ base at --bpw, plus its "
-                                                "extended codebooks) | rtn (round-to-nearest, bits and group from --bpw)");
+                                                "extended codebooks) | rtn (round-to-nearest, bits and group from --bpw) | "
+                                                "trellis (trellis-coded, the fastest fused GEMV)");
+    quantize->add_option("--state-bits", qa.state_bits, "trellis: state bits L (4..16; each 2 more: ~0.3 dB, 4x the "
+                                                        "encoding time)");
     quantize->add_option("--calibration", qa.calibration,
                          "Calibration: per tensor T, activations T [n, cols] or X^T X as T.hessian [cols, cols] "
                          "(.safetensors); a .npy of activations for every matrix with that many columns");

@@ -37,4 +37,5 @@
 #include <svq/matrix/rtn.hpp>
 #include <svq/quantize.hpp>
 #include <svq/kernels/gemv.hpp>
+#include <svq/trellis/trellis.hpp>
 #include <svq/model/model.hpp>

@@ -13,8 +13,9 @@ verifies every checksum listed there (xxh64, seed 0, implemented below from
 the xxHash specification), checks each description's parts against the
 tensors, and compares with what the writer (tests/support/io_fixture.cpp)
 put in <expected dir>/manifest.json and its .npy files: the names, dtypes and
-shapes of every matrix's tensors, the plain tensors' values, and the RTN
-matrices recomputed here as codes * fp16 scales.
+shapes of every matrix's tensors, the plain tensors' values, the RTN
+matrices recomputed here as codes * fp16 scales, and the trellis matrices
+(not rotated) decoded here from their streams (windows, code, row factors).
 
 Exit status: 0 when everything matches, 1 on the first mismatch (with a
 message), 77 when numpy is missing (the ctest is then reported skipped).
@@ -258,7 +259,7 @@ def check_svq(f, counts):
         counts["plain tensor checksums"] += 1
         covered.add(name)
     for name, d in descriptions.items():
-        check(d["method"] in ("pvq", "rtn", "crvq", "crvq_codebooks"), "%r: method %r" % (name, d["method"]))
+        check(d["method"] in ("pvq", "rtn", "crvq", "crvq_codebooks", "trellis"), "%r: method %r" % (name, d["method"]))
         check(isinstance(d["format_version"], int), "%r: format_version" % name)
         if d["method"] == "crvq":
             check(d["codebooks"] in descriptions, "%r: codebooks %r not in the file" % (name, d["codebooks"]))
@@ -306,11 +307,43 @@ def check_pvq_description(name, d, f):
     check(d["search"] in ("mse", "hessian"), "%r: search %r" % (name, d["search"]))
 
 
+def trellis_decode(d, f):
+    """A trellis matrix that is not rotated, decoded from docs/format.md: the
+    rows' weights, row-major, in segments of segment_weights; weight t of a
+    segment is the L-bit window at bit floor(t b / 64) of it (first bit most
+    significant), its code the byte sum of (34038481 s + 76625530) mod 2^32
+    minus 510, times its row's factor (a bfloat16; the product in float32)."""
+    rows, cols = d["shape"]
+    c = d["config"]
+    b, L = c["bits_per_64"], c["state_bits"]
+    check(not c["rotate"], "trellis_decode reads matrices that are not rotated")
+    n = rows * cols
+    back = 1 << (L - b // 64)
+    segment = min(max((1 << 22) // back, 4096), 65536, (n + 15) // 16 * 16)
+    def segment_bytes(m):
+        return ((m - 1) * b // 64 + L + 7) // 8
+    payload = np.frombuffer(f.data(d["parts"]["payload"]["tensor"]), dtype=np.uint8)
+    segments = (n + segment - 1) // segment
+    want = (segments - 1) * segment_bytes(segment) + segment_bytes(n - (segments - 1) * segment)
+    check(payload.size == want, "trellis payload of %d bytes, the configuration needs %d" % (payload.size, want))
+    bits = np.unpackbits(np.concatenate([payload, np.zeros(8, dtype=np.uint8)]))  # first bit most significant
+    t = np.arange(n, dtype=np.int64)
+    seg, local = t // segment, t % segment
+    start = seg * 8 * segment_bytes(segment) + local * b // 64
+    state = np.zeros(n, dtype=np.uint64)
+    for i in range(L):
+        state = (state << np.uint64(1)) | bits[start + i].astype(np.uint64)
+    x = (state * np.uint64(34038481) + np.uint64(76625530)) & np.uint64(0xFFFFFFFF)
+    code = sum(((x >> np.uint64(8 * k)) & np.uint64(255)).astype(np.int64) for k in range(4)) - 510
+    factors = bf16_to_float32(np.frombuffer(f.data(d["parts"]["factors"]["tensor"]), dtype="<u2"))
+    return code.astype(np.float32).reshape(rows, cols) * factors.reshape(rows, 1)
+
+
 # ---------------------------------------------------------------------------
 
 def main(path, expected_dir):
     counts = {k: 0 for k in ("xxh64 vectors", "description checksums", "part checksums", "plain tensor checksums",
-                             "matrices", "matrix tensors", "plain tensors", "rtn matrices")}
+                             "matrices", "matrix tensors", "plain tensors", "rtn matrices", "trellis matrices")}
     for data, want in KNOWN_XXH64:
         check(xxh64(data) == want, "xxh64(%r) = %016x, the published value is %016x" % (data, xxh64(data), want))
         counts["xxh64 vectors"] += 1
@@ -359,6 +392,13 @@ def main(path, expected_dir):
             check(np.array_equal(values.view(np.uint32), expected.view(np.uint32)),
                   "%r: dequantized values differ from svq's at %d entries" % (name, int(np.sum(values != expected))))
             counts["rtn matrices"] += 1
+        if m["method"] == "trellis":
+            values = trellis_decode(d, f)
+            expected = np.load(os.path.join(expected_dir, m["expected"]))
+            check(expected.dtype == np.float32 and expected.shape == values.shape, "%r: expected array %s %r" % (name, expected.dtype, expected.shape))
+            check(np.array_equal(values.view(np.uint32), expected.view(np.uint32)),
+                  "%r: decoded values differ from svq's at %d entries" % (name, int(np.sum(values != expected))))
+            counts["trellis matrices"] += 1
     check(set(descriptions) == set(manifest["matrices"]),
           "descriptions %r, the writer made %r" % (sorted(descriptions), sorted(manifest["matrices"])))
 

@@ -1,6 +1,6 @@
 // Test support for the python_reader test (tests/python/read_safetensors.py):
 // writes <dir>/model.safetensors with one matrix of every method (PVQ plain and
-// Hessian-searched, RTN, CRVQ with a k-means and with a PVQ base) and plain
+// Hessian-searched, RTN, CRVQ with a k-means and with a PVQ base, trellis) and plain
 // tensors in F32, F16 and BF16, then what an independent reader must find:
 //   <dir>/manifest.json   every matrix's parts (tensor name, dtype, shape)
 //                         derived here from the matrices' configurations, the
@@ -8,7 +8,7 @@
 //                         the RTN matrices' .npy file, and xxh64 test vectors
 //                         computed by svq::xxh64;
 //   <dir>/<name>.npy      a plain tensor's values as svq reads them (float32),
-//                         an RTN matrix dequantized (codes * fp16 scales).
+//                         an RTN or trellis matrix dequantized.
 // Part of svq_tests: the hidden case below, <dir> from SVQ_PYTHON_READER_DIR.
 #include <svq/crvq/crvq.hpp>
 #include <svq/io/npy.hpp>
@@ -107,6 +107,7 @@ int run(const std::filesystem::path& dir) {
         const std::string k[] = {"layers.1.crvq_k"}, p[] = {"layers.1.crvq_p"};
         mw.add_crvq("books_k", ck, k);
         mw.add_crvq("books_p", cp, p);
+        mw.add("layers.2.trellis", zoo.trellis);
         mw.add_tensor("embedding", f32, {10, 6});
         mw.add_tensor("norm.f16", f16, {3, 5, 4}, svq::dtype::f16);
         mw.add_tensor("lm_head.bf16", bf16, {7, 9}, svq::dtype::bf16);
@@ -138,6 +139,12 @@ int run(const std::filesystem::path& dir) {
     matrices["layers.1.crvq_p"] = {{"method", "crvq"},
                                    {"shape", {rows, cols}},
                                    {"parts", crvq_parts("layers.1.crvq_p", cp.matrices[0])}};
+    matrices["layers.2.trellis"] = {
+        {"method", "trellis"},
+        {"shape", {rows, cols}},
+        {"parts", {part("layers.2.trellis.svq.payload", svq::dtype::u8, {zoo.trellis.layout().payload_bytes}),
+                   part("layers.2.trellis.svq.factors", svq::dtype::bf16, {rows})}},
+        {"expected", "layers.2.trellis.npy"}};
     m["matrices"] = matrices;
 
     // Expected values: what svq itself reads back.
@@ -155,6 +162,7 @@ int run(const std::filesystem::path& dir) {
     const std::vector<float> rtn_values = f.rtn("layers.0.rtn").dequantize();
     const std::size_t rtn_shape[] = {rows, cols};
     svq::write_npy(dir / "layers.0.rtn.npy", rtn_values, rtn_shape);
+    svq::write_npy(dir / "layers.2.trellis.npy", f.trellis("layers.2.trellis").dequantize(), rtn_shape);
 
     // xxh64 test vectors (svq::xxh64): inputs of every length class of the algorithm.
     json vectors = json::array();

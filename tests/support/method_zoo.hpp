@@ -1,6 +1,7 @@
 // One quantized matrix of every storable method over one Gaussian matrix:
 // plain PVQ (16-bit and 8-bit row scales), Hessian-searched PVQ, RTN, CRVQ
-// with a k-means and with a PVQ base. Shared by the file tests
+// with a k-means and with a PVQ base, trellis (not rotated, 3 or 4 bits per
+// weight in turn: an independent reader can decode it). Shared by the file tests
 // (tests/test_io.cpp), the Python reader's fixture (tests/support/io_fixture.cpp)
 // and the fuzz seed corpus (fuzz/make_corpus.cpp), so the three store the same
 // kinds of results built the same way.
@@ -9,6 +10,7 @@
 #include <svq/crvq/crvq.hpp>
 #include <svq/matrix/rtn.hpp>
 #include <svq/quantize.hpp>
+#include <svq/trellis/trellis.hpp>
 
 #include "../support.hpp"
 
@@ -50,7 +52,8 @@ struct method_zoo {
           hessian(quantize(w, rows, cols, {.config = explicit_config(8, 12, 4, 16, true), .hessian = calibration(cols)})),
           rtn(rtn_quantize(w, rows, cols, {4, s.rtn_group})),
           ck(crvq_quantize(w, rows, cols, {}, kmeans_config(s))),
-          cp(crvq_quantize(w, rows, cols, {}, pvq_config(s))) {}
+          cp(crvq_quantize(w, rows, cols, {}, pvq_config(s))),
+          trellis(quantize_trellis(w, rows, cols, {.bits_per_64 = 200, .state_bits = 8, .rotate = false})) {}
 
     std::size_t rows, cols;
     std::vector<float> w;
@@ -58,6 +61,7 @@ struct method_zoo {
     rtn_matrix rtn;
     crvq_model<kmeans_base> ck;
     crvq_model<pvq_base> cp;
+    trellis_matrix trellis;
 
     // X^T X of 4 * cols Gaussian samples.
     static std::vector<double> calibration(std::size_t cols) {

@@ -1,6 +1,7 @@
 // The svq command-line tool (tools/svq.cpp), run as a program on the shipped
 // model (models/stories260K): quantize at 3.25 bpw on 2 threads -> info ->
-// dequantize -> compare, every number checked against the library in memory
+// dequantize -> compare (and the trellis method: quantize -> info -> compare
+// -> bench), every number checked against the library in memory
 // (the same svq::quantize call gives the same SQNR, bit for bit), and every
 // error path: exit code and the one line it writes on stderr.
 //
@@ -12,6 +13,7 @@
 #include <svq/io/quantized_file.hpp>
 #include <svq/matrix/metrics.hpp>
 #include <svq/quantize.hpp>
+#include <svq/trellis/trellis.hpp>
 
 #include "catch.hpp"
 #include "support.hpp"
@@ -159,6 +161,57 @@ TEST_CASE("svq quantize -> info -> dequantize -> compare on stories260K equals t
     CHECK(nll_file > svq::llama2::evaluate_sequences(reference, sequences).mean_nll);
 }
 
+TEST_CASE("svq quantize --method trellis -> info -> compare -> bench equals the library in memory", "[cli][e2e]") {
+    REQUIRE(fs::exists(model));
+    temp_dir dir("cli_trellis");
+    const std::string qfile = dir / "t.safetensors";
+    const result quantized =
+        svq_run(dir, "quantize " + q(model.string()) + " -o " + q(qfile) + " --bpw 4 --method trellis --state-bits 10");
+    INFO(quantized.err);
+    REQUIRE(quantized.code == 0);
+    CHECK(quantized.out.find("36 quantized") != std::string::npos);
+
+    const result info = svq_run(dir, "info " + q(qfile) + " --json");
+    REQUIRE(info.code == 0);
+    const nlohmann::json ij = nlohmann::json::parse(info.out);
+    CHECK(ij["checksum_failures"] == 0);
+    CHECK(ij["quantized_bpw"].get<double>() <= 4.0);
+    std::size_t trellis = 0;
+    for (const auto& t : ij["tensors"]) {
+        CHECK(t["checksum"] == "ok");
+        if (t["method"] != "trellis") continue;
+        ++trellis;
+        CHECK(t["bpw"].get<double>() <= 4.0);
+        CHECK(t["config"].get<std::string>().find("L=10") != std::string::npos);
+    }
+    CHECK(trellis == 36);
+
+    // The library in memory: the same SQNR to the last bit.
+    const result cmp = svq_run(dir, "compare " + q(model.string()) + " " + q(qfile) + " --json");
+    REQUIRE(cmp.code == 0);
+    const nlohmann::json cj = nlohmann::json::parse(cmp.out);
+    const svq::checkpoint ref = svq::checkpoint::open(model);
+    std::size_t checked = 0;
+    for (const auto& t : cj["tensors"]) {
+        const std::string name = t["name"];
+        const svq::tensor_info& info_t = ref.info(name);
+        if (info_t.shape.size() != 2) continue;
+        INFO(name);
+        const std::size_t rows = info_t.shape[0], cols = info_t.shape[1];
+        const std::vector<float> w = ref.to_float(name);
+        const svq::trellis_matrix m =
+            svq::quantize_trellis(w, rows, cols, svq::trellis_config_for(rows, cols, 4.0, 10));
+        CHECK(t["sqnr_db"].get<double>() == svq::sqnr_db(w, m.dequantize()));
+        ++checked;
+    }
+    CHECK(checked == 36);
+
+    const result bench = svq_run(dir, "bench " + q(qfile) + " --min-time 0.001");
+    INFO(bench.err);
+    REQUIRE(bench.code == 0);
+    CHECK(bench.out.find("trellis") != std::string::npos);
+}
+
 TEST_CASE("svq: every error exits non-zero with one line on stderr naming it", "[cli][errors]") {
     REQUIRE(fs::exists(model));
     temp_dir dir("cli_errors");
@@ -190,6 +243,8 @@ TEST_CASE("svq: every error exits non-zero with one line on stderr naming it", "
         {"bad regex in --tensor-bpw", "quantize " + m + " -o " + out + " --bpw 3 --tensor-bpw '[=2'", 1,
          "--tensor-bpw '[': bad regular expression"},
         {"unknown method", "quantize " + m + " -o " + out + " --bpw 3 --method foo", 1, "--method 'foo'"},
+        {"trellis state bits out of range", "quantize " + m + " -o " + out + " --bpw 3 --method trellis --state-bits 17", 1,
+         "--state-bits 17"},
         {"hessian without calibration", "quantize " + m + " -o " + out + " --bpw 3 --method hessian", 1, "--calibration"},
         {"bpw out of range", "quantize " + m + " -o " + out + " --bpw -1", 1, "--bpw -1"},
         {"info: missing file", "info " + q(dir / "nope"), 1, "no such file or directory"},
@@ -232,6 +287,7 @@ TEST_CASE("svq: every error exits non-zero with one line on stderr naming it", "
     CHECK(shows_default("bench", "--threads", "1"));
     CHECK(shows_default("bench", "--min-time", "0.05"));
     const result help = svq_run(dir, "quantize --help");
-    for (const char* text : {"--tensor-bpw", "--include", "--exclude", "--calibration", "--speed", "--bpw", "--output"})
+    for (const char* text : {"--tensor-bpw", "--include", "--exclude", "--calibration", "--speed", "--bpw", "--output",
+                             "--state-bits"})
         CHECK(help.out.find(text) != std::string::npos);
 }

@@ -1,11 +1,14 @@
-// Argument checks shared by the quantized matrix types.
+// Argument checks shared by the quantized matrix types and their encoders.
 #pragma once
 
 #include <svq/error.hpp>
 
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
+#include <span>
 
 namespace svq::detail {
 
@@ -28,6 +31,21 @@ inline void check_gemv_shapes(std::size_t xs, std::size_t ys, std::size_t batch,
     if (ys != batch * rows)
         throw invalid_argument(
             fmt::format("{}: y has {} entries, need {} ({} x {} rows)", who, ys, batch * rows, batch, rows));
+}
+
+// Checks w (rows x cols, every weight finite) and returns its largest magnitude.
+inline float check_matrix(std::span<const float> w, std::size_t rows, std::size_t cols, const char* who) {
+    if (rows == 0 || cols == 0) throw invalid_argument(fmt::format("{}: matrix shape {} x {} is empty", who, rows, cols));
+    if (w.size() != checked_size(rows, cols, who))
+        throw invalid_argument(
+            fmt::format("{}: {} values for a {} x {} matrix (need {})", who, w.size(), rows, cols, rows * cols));
+    float peak = 0.0f;
+    for (std::size_t i = 0; i < w.size(); ++i) {
+        if (!std::isfinite(w[i]))
+            throw invalid_argument(fmt::format("{}: weight ({}, {}) = {} is not finite", who, i / cols, i % cols, w[i]));
+        peak = std::max(peak, std::fabs(w[i]));
+    }
+    return peak;
 }
 
 }  // namespace svq::detail

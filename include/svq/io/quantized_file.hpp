@@ -11,7 +11,8 @@
 //
 // svq::load maps the file; a PVQ matrix's words are used where they lie in
 // the mapping (no copy): decoding and the fused GEMV (kernels/gemv.hpp) read
-// the file's pages. RTN and CRVQ parts are small and are copied.
+// the file's pages. RTN, CRVQ and trellis parts are copied (a trellis
+// matrix keeps 16 bytes of padding after its stream for its vector reads).
 #pragma once
 
 #include <svq/crvq/crvq.hpp>
@@ -20,6 +21,7 @@
 #include <svq/io/safetensors.hpp>
 #include <svq/matrix/quantized_matrix.hpp>
 #include <svq/matrix/rtn.hpp>
+#include <svq/trellis/trellis.hpp>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -50,6 +52,7 @@ inline constexpr unsigned file_version = 1;
 inline constexpr unsigned pvq_format_version = 3;  // the row format (format/row_format.hpp)
 inline constexpr unsigned rtn_format_version = 1;
 inline constexpr unsigned crvq_format_version = 1;
+inline constexpr unsigned trellis_format_version = 1;  // trellis/trellis.hpp
 
 // xxh64 (seed 0) of bytes, and its 16-digit lower-case hex form as stored.
 inline std::uint64_t xxh64(std::span<const std::byte> bytes) noexcept { return XXH64(bytes.data(), bytes.size(), 0); }
@@ -168,6 +171,26 @@ public:
         parts["codes"] = add_part(name + ".svq.codes", dtype::i8, {m.rows(), m.cols()}, detail::bytes_of(m.codes()));
         parts["scales"] =
             add_part(name + ".svq.scales", dtype::f16, {m.rows(), m.groups_per_row()}, detail::bytes_of(m.scales()));
+        d["parts"] = std::move(parts);
+        add_description(name, std::move(d));
+    }
+
+    // A trellis-coded matrix: its stream as U8 [payload bytes], its row
+    // factors as BF16 [rows].
+    void add(const std::string& name, const trellis_matrix& m) {
+        if (m.rows() == 0) throw invalid_argument(fmt::format("model_writer: matrix '{}' is empty", name));
+        const trellis_config& c = m.config();
+        nlohmann::ordered_json d = {{"method", "trellis"},
+                                    {"format_version", trellis_format_version},
+                                    {"shape", {m.rows(), m.cols()}},
+                                    {"config",
+                                     {{"bits_per_64", c.bits_per_64},
+                                      {"state_bits", c.state_bits},
+                                      {"rotate", c.rotate},
+                                      {"seed", c.seed}}}};
+        nlohmann::ordered_json parts = nlohmann::ordered_json::object();
+        parts["payload"] = add_part(name + ".svq.payload", dtype::u8, {m.payload().size()}, detail::bytes_of(m.payload()));
+        parts["factors"] = add_part(name + ".svq.factors", dtype::bf16, {m.rows()}, detail::bytes_of(m.factors()));
         d["parts"] = std::move(parts);
         add_description(name, std::move(d));
     }
@@ -378,7 +401,7 @@ public:
     const std::string& path() const noexcept { return file_.path(); }
     const safetensors_file& file() const noexcept { return file_; }
 
-    // Names of the quantized matrices (methods pvq, rtn, crvq), sorted.
+    // Names of the quantized matrices (methods pvq, rtn, crvq, trellis), sorted.
     std::vector<std::string> matrices() const {
         std::vector<std::string> out;
         for (const auto& [key, value] : file_.metadata())
@@ -395,7 +418,7 @@ public:
             if (t.name.find(".svq.") == std::string::npos) out.push_back(t.name);
         return out;
     }
-    // The method of matrix `name`: "pvq", "rtn", "crvq" (or "crvq_codebooks").
+    // The method of matrix `name`: "pvq", "rtn", "crvq", "trellis" (or "crvq_codebooks").
     std::string method(const std::string& name) const { return reader(name).string("method"); }
     // The shape of matrix `name`.
     std::pair<std::size_t, std::size_t> shape(const std::string& name) const { return reader(name).shape2(); }
@@ -420,6 +443,25 @@ public:
         std::vector<std::int8_t> codes = part<std::int8_t>(p, "codes", dtype::i8, {rows, cols});
         std::vector<std::uint16_t> scales = part<std::uint16_t>(p, "scales", dtype::f16, {rows, groups});
         return wrap(d, [&] { return rtn_matrix(rows, cols, config, std::move(codes), std::move(scales)); });
+    }
+    trellis_matrix trellis(const std::string& name) const {
+        const auto d = reader(name);
+        expect_method(d, "trellis");
+        d.version(trellis_format_version);
+        const std::pair<std::size_t, std::size_t> shape = d.shape2();  // variables, not bindings: lambdas capture them
+        const std::size_t rows = shape.first, cols = shape.second;
+        const auto c = d.object("config");
+        trellis_config config;
+        config.bits_per_64 = static_cast<unsigned>(c.uint("bits_per_64", 1024));
+        config.state_bits = static_cast<unsigned>(c.uint("state_bits", 64));
+        config.rotate = c.boolean("rotate");
+        config.seed = c.uint("seed");
+        const detail::trellis_layout layout =
+            wrap(d, [&] { return detail::make_trellis_layout(rows, cols, config, "trellis_matrix"); });
+        const auto p = d.object("parts");
+        std::vector<std::uint8_t> payload = part<std::uint8_t>(p, "payload", dtype::u8, {layout.payload_bytes});
+        std::vector<std::uint16_t> factors = part<std::uint16_t>(p, "factors", dtype::bf16, {rows});
+        return wrap(d, [&] { return trellis_matrix(rows, cols, config, std::move(payload), std::move(factors)); });
     }
     // A CRVQ matrix; B: kmeans_base or pvq_base (as stored: "base" in its entry).
     template <class B>
@@ -459,6 +501,7 @@ public:
         const std::string m = method(name);
         if (m == "pvq") return pvq(name).dequantize();
         if (m == "rtn") return rtn(name).dequantize();
+        if (m == "trellis") return trellis(name).dequantize();
         if (m == "crvq")
             return reader(name).string("base") == "pvq" ? crvq<pvq_base>(name).dequantize() : crvq<kmeans_base>(name).dequantize();
         throw invalid_argument(fmt::format("{}: '{}' is a {}, not a matrix", path(), name, m));

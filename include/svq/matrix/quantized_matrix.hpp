@@ -137,21 +137,6 @@ private:
     search_options search_;
 };
 
-// Checks w (rows x cols, every weight finite) and returns its largest magnitude.
-inline float check_matrix(std::span<const float> w, std::size_t rows, std::size_t cols, const char* who) {
-    if (rows == 0 || cols == 0) throw invalid_argument(fmt::format("{}: matrix shape {} x {} is empty", who, rows, cols));
-    if (w.size() != checked_size(rows, cols, who))
-        throw invalid_argument(
-            fmt::format("{}: {} values for a {} x {} matrix (need {})", who, w.size(), rows, cols, rows * cols));
-    float peak = 0.0f;
-    for (std::size_t i = 0; i < w.size(); ++i) {
-        if (!std::isfinite(w[i]))
-            throw invalid_argument(fmt::format("{}: weight ({}, {}) = {} is not finite", who, i / cols, i % cols, w[i]));
-        peak = std::max(peak, std::fabs(w[i]));
-    }
-    return peak;
-}
-
 // The power of two 2^e the encoders divide a matrix of largest magnitude
 // `peak` by: e = 0 up to 2^64, where no float sum over a row (the Hadamard
 // rotation's stages, a dense factor's products) can overflow; above it, the
