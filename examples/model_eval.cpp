@@ -56,7 +56,7 @@ options parse(int argc, char** argv) {
     const bounds count = bounds::closed(1, 1 << 20);
     svq::examples::arg_parser p("model_eval",
                                 "stories260K with every linear layer quantized by each method at each target bpw,\n"
-                                "compared with the float model (docs/evaluation.md). Methods: rtn, gptq-rtn, pvq,\n"
+                                "compared with the float model (docs/evaluation.md). Methods: rtn, gptq-rtn, pvq, trellis,\n"
                                 "pvq-hessian, pvq-hessian-mix, pvq-hessian-mix-seq, pvq-tuned, crvq-kmeans, crvq-pvq.");
     p.data_option(o.run.data_dir, "stories260K.bin, tok512.bin and tinystories_valid_sample.txt")
         .json_option(o.json, "the table")

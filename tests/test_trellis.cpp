@@ -214,8 +214,11 @@ TEST_CASE("trellis layout: segments, bytes and bits per weight") {
     CHECK(m.segments == 2);
     CHECK(m.weights_in(1) == 904);
     CHECK(m.payload_bytes == (4095 * 2 + 12 + 7) / 8 + (903 * 2 + 12 + 7) / 8);
-    // L = 16: 2^13 bytes at 3 bpw would give 512 weights; at least 4,096.
+    // L = 16: 2^13 bytes at 3 bpw would give 512 weights; at least 4,096, unless that passes 2^25 bytes
+    // (L = 16 at 1 bpw: 2^15 bytes per weight -> 1,024 weights).
     CHECK(svq::detail::make_trellis_layout(8, 4096, config_of(192, 16, false), "test").segment_weights == 4096);
+    CHECK(svq::detail::make_trellis_layout(8, 4096, config_of(64, 16, false), "test").segment_weights == 1024);
+    CHECK(svq::detail::make_trellis_layout(8, 4096, config_of(128, 16, false), "test").segment_weights == 2048);
     CHECK(svq::detail::make_trellis_layout(8, 100, config_of(192, 16, false), "test").segment_weights == 800);
     // A small matrix: one segment of all its weights.
     const auto s = svq::detail::make_trellis_layout(5, 7, config_of(208, 12, false), "test");
@@ -389,6 +392,17 @@ TEST_CASE("trellis: zero rows, configurations and bad input") {
     std::vector<std::uint16_t> nan_factor = factors;
     nan_factor[2] = 0x7f80;  // bfloat16 infinity
     CHECK_THROWS_WITH(svq::trellis_matrix(4, 64, cfg, payload, nan_factor), Contains("factor of row 2 is inf"));
+    nan_factor[2] = svq::float_to_bf16(-0x1p97f);  // finite, but 510 times it and a rotation could pass FLT_MAX
+    CHECK_THROWS_WITH(svq::trellis_matrix(4, 64, cfg, payload, nan_factor), Contains("factor of row 2"));
+    nan_factor[2] = svq::float_to_bf16(0x1p96f);
+    CHECK(svq::trellis_matrix(4, 64, cfg, payload, nan_factor).rows() == 4);
+
+    // A moved-from matrix is empty, not a matrix whose parts are gone.
+    svq::trellis_matrix a = q;
+    const svq::trellis_matrix b = std::move(a);
+    CHECK(b.dequantize() == q.dequantize());
+    CHECK(a.rows() == 0);  // NOLINT(bugprone-use-after-move): the state a move leaves is what is tested
+    CHECK(a.dequantize().empty());
     std::vector<float> out(10), y(4);
     CHECK_THROWS_AS(q.dequantize(out), svq::invalid_argument);
     CHECK_THROWS_AS(q.decode_row(4, std::span<float>(out.data(), 0)), svq::invalid_argument);

@@ -204,6 +204,7 @@ struct quantize_args {
     std::string calibration;
     bool speed = false;
     unsigned state_bits = 12;
+    bool state_bits_given = false;
     std::string include;
     std::string exclude;
     std::vector<std::string> tensor_bpw;
@@ -342,6 +343,8 @@ int run_quantize(const quantize_args& a) {
         throw svq::invalid_argument(fmt::format("--method '{}': expected pvq, hessian, crvq, rtn or trellis", a.method));
     if (a.state_bits < 4 || a.state_bits > 16)
         throw svq::invalid_argument(fmt::format("--state-bits {}: must be in 4..16", a.state_bits));
+    if (a.state_bits_given && a.method != "trellis")
+        throw svq::invalid_argument(fmt::format("--state-bits applies to --method trellis, not '{}'", a.method));
     if (!(a.bpw > 0.0 && a.bpw <= 32.0)) throw svq::invalid_argument(fmt::format("--bpw {}: must be in (0, 32]", a.bpw));
     if (a.method == "hessian" && a.calibration.empty())
         throw svq::invalid_argument("--method hessian needs --calibration FILE (activations or per-tensor X^T X)");
@@ -453,7 +456,8 @@ int run_quantize(const quantize_args& a) {
                     svq::quantize_trellis(w, r, k, svq::trellis_config_for(r, k, bpw, a.state_bits), inner_threads));
                 out.row.config = svq::to_string(out.trellis->config());
                 out.row.bpw = out.trellis->bits_per_weight();
-                back = out.trellis->dequantize();
+                back.resize(w.size());
+                out.trellis->dequantize(back, inner_threads);
             } else if (a.method == "crvq") {
                 svq::crvq_config<svq::pvq_base> cc;
                 cc.base.target_bpw = bpw;
@@ -973,8 +977,9 @@ int main(int argc, char** argv) {
     quantize->add_option("--method", qa.method, "pvq | hessian (needs --calibration) | crvq (PVQ base at --bpw, plus its "
                                                 "extended codebooks) | rtn (round-to-nearest, bits and group from --bpw) | "
                                                 "trellis (trellis-coded, the fastest fused GEMV)");
-    quantize->add_option("--state-bits", qa.state_bits, "trellis: state bits L (4..16; each 2 more: ~0.3 dB, 4x the "
-                                                        "encoding time)");
+    const CLI::Option* state_bits =
+        quantize->add_option("--state-bits", qa.state_bits, "trellis: state bits L (4..16; each 2 more: ~0.3 dB, 4x the "
+                                                            "encoding time)");
     quantize->add_option("--calibration", qa.calibration,
                          "Calibration: per tensor T, activations T [n, cols] or X^T X as T.hessian [cols, cols] "
                          "(.safetensors); a .npy of activations for every matrix with that many columns");
@@ -1028,7 +1033,10 @@ int main(int argc, char** argv) {
         return 2;
     }
     try {
-        if (*quantize) return run_quantize(qa);
+        if (*quantize) {
+            qa.state_bits_given = state_bits->count() > 0;
+            return run_quantize(qa);
+        }
         if (*info) return run_info(ia);
         if (*dequantize) return run_dequantize(da);
         if (*compare) return run_compare(ca);

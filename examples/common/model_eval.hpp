@@ -26,6 +26,7 @@
 #include <svq/matrix/metrics.hpp>
 #include <svq/matrix/quantized_matrix.hpp>
 #include <svq/matrix/rtn.hpp>
+#include <svq/trellis/trellis.hpp>
 #include <svq/model/allocate.hpp>
 #include <svq/model/mixed_precision.hpp>
 #include <svq/model/parallel_for.hpp>
@@ -177,6 +178,13 @@ layer_solution best_rtn(const layer_problem& p, double target, const char* who, 
 // Plain PVQ at the configuration auto_config picks by SQNR (no calibration data).
 [[nodiscard]] inline layer_solution quantize_pvq(const layer_problem& p, double target) {
     const quantized_matrix q = quantize(p.weights, p.rows, p.cols, {.target_bpw = target});
+    return {q.dequantize(), q.stored_bits(), to_string(q.config())};
+}
+
+// The trellis codec (trellis/trellis.hpp), L = 12, at the largest rate within the target.
+[[nodiscard]] inline layer_solution quantize_trellis_layer(const layer_problem& p, double target) {
+    const trellis_matrix q =
+        quantize_trellis(p.weights, p.rows, p.cols, trellis_config_for(p.rows, p.cols, target), p.threads);
     return {q.dequantize(), q.stored_bits(), to_string(q.config())};
 }
 
@@ -719,13 +727,14 @@ private:
     return out;
 }
 
-// rtn, gptq-rtn, pvq, pvq-hessian, pvq-hessian-mix, pvq-hessian-mix-seq (the
-// last two on `mix`'s cache).
+// rtn, gptq-rtn, pvq, trellis, pvq-hessian, pvq-hessian-mix,
+// pvq-hessian-mix-seq (the last two on `mix`'s cache).
 [[nodiscard]] inline std::vector<method> standard_methods(
     std::shared_ptr<pvq_hessian_mix> mix = std::make_shared<pvq_hessian_mix>()) {
     std::vector<method> out = {{"rtn", quantize_rtn},
                                {"gptq-rtn", quantize_gptq_rtn},
                                {"pvq", quantize_pvq},
+                               {"trellis", quantize_trellis_layer},
                                {"pvq-hessian", quantize_pvq_hessian}};
     for (method& m : pvq_hessian_mix_methods(std::move(mix))) out.push_back(std::move(m));
     return out;

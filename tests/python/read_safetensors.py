@@ -319,7 +319,7 @@ def trellis_decode(d, f):
     check(not c["rotate"], "trellis_decode reads matrices that are not rotated")
     n = rows * cols
     back = 1 << (L - b // 64)
-    segment = min(max((1 << 22) // back, 4096), 65536, (n + 15) // 16 * 16)
+    segment = min(max((1 << 22) // back, min(4096, (1 << 25) // back)), 65536, (n + 15) // 16 * 16)
     def segment_bytes(m):
         return ((m - 1) * b // 64 + L + 7) // 8
     payload = np.frombuffer(f.data(d["parts"]["payload"]["tensor"]), dtype=np.uint8)

@@ -245,6 +245,8 @@ TEST_CASE("svq: every error exits non-zero with one line on stderr naming it", "
         {"unknown method", "quantize " + m + " -o " + out + " --bpw 3 --method foo", 1, "--method 'foo'"},
         {"trellis state bits out of range", "quantize " + m + " -o " + out + " --bpw 3 --method trellis --state-bits 17", 1,
          "--state-bits 17"},
+        {"state bits without trellis", "quantize " + m + " -o " + out + " --bpw 3 --state-bits 12", 1,
+         "--state-bits applies to --method trellis, not 'pvq'"},
         {"hessian without calibration", "quantize " + m + " -o " + out + " --bpw 3 --method hessian", 1, "--calibration"},
         {"bpw out of range", "quantize " + m + " -o " + out + " --bpw -1", 1, "--bpw -1"},
         {"info: missing file", "info " + q(dir / "nope"), 1, "no such file or directory"},

@@ -109,9 +109,12 @@ struct trellis_layout {
 
 // Segments hold 2^22 bytes of the encoder's back pointers (2^(L - k) per
 // weight, k = floor(b / 64)), so that the backward pass of the Viterbi
-// search reads them from cache, but at least 4,096 weights and at most
-// 65,536: 4,096 at L = 12 and 2 to 3 bpw, 8,192 from 3 bpw, 4,096 at L = 16.
-// Each costs up to L + 7 bits of start and padding (0.005 bpw at 4,096).
+// search reads them from cache, but at least 4,096 weights (fewer where
+// 4,096 would pass 2^25 bytes: L = 15 and 16 at k = 1, L = 16 at k = 2) and
+// at most 65,536. At L = 12: 4,096 weights for 2 <= b / 64 < 3 (b = 191, the
+// largest rate within 3 bpw on 4096 columns), 8,192 for 3 <= b / 64 < 4.
+// Each segment costs up to L - k + 7 bits of start and padding (about
+// 0.003 bpw at 4,096 weights and L = 12).
 inline trellis_layout make_trellis_layout(std::size_t rows, std::size_t cols, const trellis_config& c,
                                           const char* who) {
     check_trellis_config(c, who);
@@ -125,7 +128,8 @@ inline trellis_layout make_trellis_layout(std::size_t rows, std::size_t cols, co
     l.bits64 = c.bits_per_64;
     l.L = c.state_bits;
     const std::size_t by_memory = (std::size_t{1} << 22) / l.back_bytes();
-    l.segment_weights = std::min<std::size_t>(std::clamp<std::size_t>(by_memory, 4096, 65536), (n + 15) / 16 * 16);
+    const std::size_t floor = std::min<std::size_t>(4096, (std::size_t{1} << 25) / l.back_bytes());
+    l.segment_weights = std::min<std::size_t>(std::clamp<std::size_t>(by_memory, floor, 65536), (n + 15) / 16 * 16);
     l.segments = (n + l.segment_weights - 1) / l.segment_weights;
     l.segment_bytes = (trellis_layout::bits_of(l.segment_weights, l.bits64, l.L) + 7) / 8;
     l.payload_bytes = (l.segments - 1) * l.segment_bytes +
@@ -193,7 +197,9 @@ public:
     // bits of a bfloat16). Every stream decodes to some matrix, so only the
     // sizes and the factors can be checked here: svq::invalid_argument for a
     // bad configuration or shape, svq::corrupt_data for a payload of the
-    // wrong length or a factor that is not finite.
+    // wrong length or a factor that is not finite or above 2^96 in magnitude
+    // (the encoder's are below 2^93; a larger one could decode past the
+    // float range).
     trellis_matrix(std::size_t rows, std::size_t cols, const trellis_config& config, std::vector<std::uint8_t> payload,
                    std::vector<std::uint16_t> factors)
         : trellis_matrix(rows, cols, config, std::move(payload)) {
@@ -201,10 +207,31 @@ public:
             throw corrupt_data(fmt::format("trellis matrix {} x {}: {} row factors, need {}", rows, cols,
                                            factors.size(), rows));
         for (std::size_t r = 0; r < rows; ++r)
-            if (!std::isfinite(bf16_to_float(factors[r])))
-                throw corrupt_data(fmt::format("trellis matrix: factor of row {} is {}", r, bf16_to_float(factors[r])));
+            if (!(std::fabs(bf16_to_float(factors[r])) <= max_factor))
+                throw corrupt_data(fmt::format("trellis matrix: factor of row {} is {} (finite, |f| <= 2^96)", r,
+                                               bf16_to_float(factors[r])));
         factors_ = std::move(factors);
     }
+
+    // Copies share nothing mutable; a moved-from matrix is empty (rows() == 0).
+    trellis_matrix(const trellis_matrix&) = default;
+    trellis_matrix& operator=(const trellis_matrix&) = default;
+    trellis_matrix(trellis_matrix&& o) noexcept { *this = std::move(o); }
+    trellis_matrix& operator=(trellis_matrix&& o) noexcept {
+        if (this != &o) {
+            config_ = o.config_;
+            layout_ = std::exchange(o.layout_, detail::trellis_layout{});
+            payload_ = std::move(o.payload_);
+            factors_ = std::move(o.factors_);
+            lanes_ = std::move(o.lanes_);
+            rotation_ = std::move(o.rotation_);
+        }
+        return *this;
+    }
+    ~trellis_matrix() = default;
+
+    // The largest factor magnitude a stored matrix may have.
+    static constexpr float max_factor = 0x1p96f;
 
     std::size_t rows() const noexcept { return layout_.rows; }
     std::size_t cols() const noexcept { return layout_.cols; }
@@ -459,7 +486,9 @@ inline trellis_matrix quantize_trellis(std::span<const float> w, std::size_t row
 // The configuration of the largest bits_per_64 whose matrix of rows x cols
 // stores at most target_bpw bits per weight (every stored bit counted), with
 // L = state_bits. Throws svq::invalid_argument when none does (naming the
-// target and the smallest reachable rate) or the target is not a positive number.
+// target and the smallest reachable rate), the target is not a positive
+// number or state_bits is outside 4..16, svq::overflow_error for a shape of
+// more than 2^56 weights.
 inline trellis_config trellis_config_for(std::size_t rows, std::size_t cols, double target_bpw,
                                          unsigned state_bits = 12, bool rotate = true) {
     if (!(target_bpw > 0.0) || !std::isfinite(target_bpw))
