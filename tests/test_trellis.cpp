@@ -307,6 +307,54 @@ TEST_CASE("trellis matrix: the stored floats are factor times code, rebuilt from
     }
 }
 
+TEST_CASE("trellis matrix: rotated power-of-two rows decode by the formula of docs/format.md, 4.8") {
+    for (const std::size_t cols : {std::size_t{16}, std::size_t{64}, std::size_t{1024}}) {
+        const std::size_t rows = 6;
+        const std::vector<float> w = svq::examples::student_t_matrix(rows, cols, 4, cols);
+        const svq::trellis_matrix q = svq::quantize_trellis(w, rows, cols, config_of(200, 10, true));
+        REQUIRE(q.rotation()->single_hadamard());
+        const std::vector<float> back = q.dequantize();
+        const std::span<const float> signs = q.rotation()->signs();
+        std::vector<int> z(cols);
+        for (std::size_t r = 0; r < rows; ++r) {
+            q.row_codes(r, z);
+            // H_16 on each block's integers, then the float product, the float stages, the signs.
+            for (std::size_t b = 0; b < cols; b += 16)
+                for (std::size_t half = 1; half < 16; half *= 2)
+                    for (std::size_t i = b; i < b + 16; ++i)
+                        if ((i & half) == 0) {
+                            const int x = z[i], y = z[i + half];
+                            z[i] = x + y;
+                            z[i + half] = x - y;
+                        }
+            const float f = q.factor(r) * static_cast<float>(1.0 / std::sqrt(static_cast<double>(cols)));
+            std::vector<float> u(cols);
+            for (std::size_t i = 0; i < cols; ++i) u[i] = static_cast<float>(z[i]) * f;
+            for (std::size_t half = 16; half < cols; half *= 2)
+                for (std::size_t i = 0; i < cols; ++i)
+                    if ((i & half) == 0) {
+                        const float x = u[i], y = u[i + half];
+                        u[i] = x + y;
+                        u[i + half] = x - y;
+                    }
+            for (std::size_t i = 0; i < cols; ++i) u[i] *= signs[i];
+            INFO("cols " << cols << " row " << r);
+            REQUIRE(std::equal(u.begin(), u.end(), back.begin() + static_cast<std::ptrdiff_t>(r * cols)));
+            // And R^T (factor z) in double, within a few float roundings.
+            q.row_codes(r, z);
+            std::vector<double> exact(cols);
+            for (std::size_t i = 0; i < cols; ++i) exact[i] = static_cast<double>(q.factor(r)) * z[i];
+            q.rotation()->inverse(std::span<double>(exact));
+            double err = 0.0, norm = 0.0;
+            for (std::size_t i = 0; i < cols; ++i) {
+                err = std::max(err, std::fabs(exact[i] - back[r * cols + i]));
+                norm = std::max(norm, std::fabs(exact[i]));
+            }
+            REQUIRE(err <= 1e-6 * norm);
+        }
+    }
+}
+
 TEST_CASE("trellis matrix: an 8 MB output (streaming stores) equals the rows decoded one by one") {
     const std::size_t rows = 512, cols = 4096;
     const std::vector<float> w = svq::examples::gaussian_matrix(rows, cols, 8);

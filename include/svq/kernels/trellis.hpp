@@ -61,6 +61,26 @@ inline void trellis_decode_portable(const std::uint8_t* p, std::size_t first, st
     }
 }
 
+// The same with the first four stages of the Walsh-Hadamard transform done
+// exactly on each block's integer codes, z' = H_16 z (butterflies of half 1,
+// 2, 4, 8: (a, b) -> (a + b, a - b)), then out = float(z') * factor. The
+// decoder of a rotated power-of-two row runs the remaining stages after it.
+inline void trellis_decode_h16_portable(const std::uint8_t* p, std::size_t first, std::size_t blocks, unsigned bits64,
+                                        unsigned L, float factor, float* out) noexcept {
+    for (std::size_t j = 0; j < blocks; ++j) {
+        std::array<int, 16> z{};
+        trellis_codes_portable(p, first + 16 * j, 16, bits64, L, z.data());
+        for (unsigned half = 1; half < 16; half *= 2)
+            for (unsigned i = 0; i < 16; ++i)
+                if ((i & half) == 0) {
+                    const int a = z[i], b = z[i + half];
+                    z[i] = a + b;
+                    z[i + half] = a - b;
+                }
+        for (unsigned i = 0; i < 16; ++i) out[16 * j + i] = static_cast<float>(z[i]) * factor;
+    }
+}
+
 // sum_i z_i x_i over the same weights (16 partial sums, one per position in a
 // block, then added in order).
 inline float trellis_dot_portable(const std::uint8_t* p, std::size_t first, std::size_t blocks, unsigned bits64,
@@ -154,6 +174,16 @@ inline void trellis_decode(const trellis_lanes& lanes, const std::uint8_t* p, st
 #else
     (void)lanes;
     trellis_decode_portable(p, first, blocks, bits64, L, factor, out);
+#endif
+}
+
+inline void trellis_decode_h16(const trellis_lanes& lanes, const std::uint8_t* p, std::size_t first,
+                               std::size_t blocks, unsigned bits64, unsigned L, float factor, float* out) noexcept {
+#if SVQ_KERNELS_AVX512BW
+    trellis_decode_h16_avx512(lanes, p, first, blocks, bits64, L, factor, out);
+#else
+    (void)lanes;
+    trellis_decode_h16_portable(p, first, blocks, bits64, L, factor, out);
 #endif
 }
 

@@ -24,6 +24,7 @@
 #include <svq/kernels/dense.hpp>
 #include <svq/kernels/portable.hpp>
 #include <svq/kernels/trellis.hpp>
+#include <svq/rotate/fwht.hpp>
 #include <svq/rotate/hadamard_rotation.hpp>
 
 #include <fmt/format.h>
@@ -267,13 +268,15 @@ public:
     // Row r (cols floats) in the original basis.
     void decode_row(std::size_t r, std::span<float> out) const {
         check_row(r, out.size(), "trellis_matrix::decode_row");
-        decode_rotated(r, out.data());
-        if (rotation_) rotation_->inverse(out);
+        std::vector<float> scratch(rotation_ ? rotation_->scratch_size() : 0);
+        decode_original(r, out.data(), scratch);
     }
 
     // All rows, row-major (rows * cols floats). Outputs of 8 MB or more:
-    // each row is decoded and rotated in a buffer that stays in the L1 cache
-    // and written with streaming stores (which read nothing back).
+    // each row is decoded and rotated in one of two buffers that stay in the
+    // L1 cache (a row's streaming stores do not wait on the next row's
+    // decode into the same lines) and written with streaming stores (which
+    // read nothing back).
     void dequantize(std::span<float> out, unsigned threads = 1) const {
         if (out.size() != rows() * cols())
             throw invalid_argument(fmt::format("trellis_matrix::dequantize: output has {} entries, the matrix {} x {}",
@@ -282,13 +285,12 @@ public:
         detail::parallel_chunks(rows(), threads, detail::chunk_rows(rows(), threads), [&](std::size_t first,
                                                                                           std::size_t end) {
             std::vector<float> scratch(rotation_ ? rotation_->scratch_size() : 0);
-            detail::aligned_floats buffer(stream ? cols() : 0);
+            detail::aligned_floats buffer(stream ? 2 * cols() : 0);
             detail::row_streamer streamer;
             for (std::size_t r = first; r < end; ++r) {
                 float* dst = out.data() + r * cols();
-                float* row = stream ? buffer.data() : dst;
-                decode_rotated(r, row);
-                if (rotation_) rotation_->inverse(std::span<float>(row, cols()), scratch);
+                float* row = stream ? buffer.data() + (r % 2) * cols() : dst;
+                decode_original(r, row, scratch);
                 if (stream) {
                     streamer.start(row, dst, cols());
                     streamer.finish();
@@ -400,6 +402,26 @@ private:
             one(t - first, detail::trellis_code(detail::trellis_window(payload_.data() + seg * l.segment_bytes,
                                                                        detail::trellis_bit(local, l.bits64), l.L)));
         }
+    }
+
+    // Row r in the original basis. Rotated rows whose R is one Walsh-Hadamard
+    // block (cols a power of two, >= 16): the first four stages of H run on
+    // each block's integer codes as they are decoded, then the float stages
+    // half = 16 .. cols / 2 and the signs (docs/format.md, 4.8); otherwise
+    // the row in the rotated basis, then R^T in floats.
+    void decode_original(std::size_t r, float* out, std::vector<float>& scratch) const {
+        if (rotation_ && rotation_->single_hadamard() && cols() >= 16) {
+            const float f = factor(r) * detail::fwht_scale<float>(cols());
+            for_each_run(
+                r, [&](const std::uint8_t* p, std::size_t first, std::size_t col, std::size_t count) {
+                    detail::trellis_decode_h16(*lanes_, p, first, count, layout_.bits64, layout_.L, f, out + col);
+                },
+                [](std::size_t, int) {});  // not reached: cols is a multiple of 16
+            detail::hadamard_stages(out, cols(), 16, rotation_->signs().data());
+            return;
+        }
+        decode_rotated(r, out);
+        if (rotation_) rotation_->inverse(std::span<float>(out, cols()), scratch);
     }
 
     void decode_rotated(std::size_t r, float* out) const {
