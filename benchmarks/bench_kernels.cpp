@@ -146,19 +146,26 @@ double ratios(benchmark::State& state, const prepared& p, double seconds) {
     return per;
 }
 
-// Runs body once per iteration with a clock around it, then reports items/s and
-// the ratios to this run's memcpy and float GEMV. Returns the seconds per
-// iteration (for a benchmark's own ratios).
+// Runs body once per iteration with a clock around it; returns the total seconds.
 template <class Body>
-double timed(benchmark::State& state, const prepared& p, double items, Body&& body) {
+double clocked(benchmark::State& state, Body&& body) {
     timer tm;
     for (auto _ : state) {
         tm.start();
         body();
         tm.stop();
     }
+    return tm.total();
+}
+
+// Runs body once per iteration with a clock around it, then reports items/s and
+// the ratios to this run's memcpy and float GEMV. Returns the seconds per
+// iteration (for a benchmark's own ratios).
+template <class Body>
+double timed(benchmark::State& state, const prepared& p, double items, Body&& body) {
+    const double total = clocked(state, body);
     finish(state, p, items);
-    return ratios(state, p, tm.total());
+    return ratios(state, p, total);
 }
 
 void bm_memcpy_packed(benchmark::State& state) {
@@ -321,17 +328,12 @@ trellis_prepared& get_trellis(int bpw) {
 // returns the seconds per iteration.
 template <class Body>
 double trellis_timed(benchmark::State& state, const trellis_prepared& p, double items, Body&& body) {
-    timer tm;
-    for (auto _ : state) {
-        tm.start();
-        body();
-        tm.stop();
-    }
+    const double total = clocked(state, body);
     state.SetItemsProcessed(static_cast<std::int64_t>(static_cast<double>(state.iterations()) * items));
     state.counters["bpw"] = p.q.bits_per_weight();
     state.counters["sqnr_db"] = p.sqnr_db;
     state.SetLabel(svq::to_string(p.q.config()));
-    const double per = tm.total() / static_cast<double>(std::max<benchmark::IterationCount>(state.iterations(), 1));
+    const double per = total / static_cast<double>(std::max<benchmark::IterationCount>(state.iterations(), 1));
     state.counters["vs_float_gemv"] = p.float_gemv_s / per;
     return per;
 }

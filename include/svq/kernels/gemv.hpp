@@ -30,10 +30,10 @@
 #pragma once
 
 #include <svq/core/bitstream.hpp>
-#include <svq/core/eigen.hpp>
 #include <svq/core/parallel.hpp>
 #include <svq/error.hpp>
 #include <svq/format/split_index.hpp>
+#include <svq/kernels/batch.hpp>
 #include <svq/kernels/dense.hpp>
 #include <svq/matrix/quantized_matrix.hpp>
 #include <svq/pvq/pulses.hpp>
@@ -149,35 +149,11 @@ public:
     void gemv_batch(std::span<const float> x, std::span<float> y, std::size_t batch, unsigned threads = 1) const {
         detail::check_gemv_shapes(x.size(), y.size(), batch, rows(), cols(), "matrix_decoder::gemv");
         detail::aligned_floats xr(x.begin(), x.end());
-        if (rotation_) {
-            std::vector<float> scratch(rotation_->scratch_size());
-            for (std::size_t c = 0; c < batch; ++c)
-                rotation_->forward(std::span<float>(xr.data() + c * cols(), cols()), scratch);
-        }
+        if (rotation_) rotation_->forward_rows(xr, batch);
         if (batch >= gemm_batch) {
-            using row_major = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-            const auto n = static_cast<Eigen::Index>(cols()), vectors = static_cast<Eigen::Index>(batch);
-            const Eigen::Map<const Eigen::MatrixXf> xm(xr.data(), n, vectors);
-            const std::size_t per_tile = tile_rows();
-            struct worker {
-                row_scratch sc;
-                detail::aligned_floats tile;
-            };
-            const auto init = [&] {
-                return worker{make_scratch(), detail::aligned_floats(std::min(rows(), per_tile) * cols())};
-            };
-            detail::parallel_chunks(rows(), threads, per_tile, init,
-                                    [&](worker& wk, std::size_t first, std::size_t end) {
-                                        for (std::size_t t0 = first; t0 < end; t0 += per_tile) {
-                                            const std::size_t t1 = std::min(end, t0 + per_tile);
-                                            for (std::size_t r = t0; r < t1; ++r)
-                                                decode_rotated(r, wk.tile.data() + (r - t0) * cols(), wk.sc);
-                                            const auto m = static_cast<Eigen::Index>(t1 - t0);
-                                            Eigen::Map<Eigen::MatrixXf, 0, Eigen::OuterStride<>> ym(
-                                                y.data() + t0, m, vectors, Eigen::OuterStride<>(rows()));
-                                            ym.noalias() = Eigen::Map<const row_major>(wk.tile.data(), m, n) * xm;
-                                        }
-                                    });
+            detail::tiled_gemm(
+                rows(), cols(), batch, threads, xr.data(), y.data(), [&] { return make_scratch(); },
+                [&](row_scratch& sc, std::size_t r, float* out) { decode_rotated(r, out, sc); });
             return;
         }
         struct worker {
@@ -209,13 +185,10 @@ public:
     }
 
     // gemv_batch multiplies tiles of decoded rows with Eigen's GEMM from this
-    // many vectors on (measured crossover on 4096 x 4096: docs/performance.md).
-    static constexpr std::size_t gemm_batch = 32;
+    // many vectors on (kernels/batch.hpp).
+    static constexpr std::size_t gemm_batch = detail::gemm_batch;
     // Rows per tile of that path: 64, fewer where 64 rows pass 4 MB (cols > 16384).
-    static constexpr std::size_t tile_bytes = std::size_t{4} << 20;
-    std::size_t tile_rows() const noexcept {
-        return std::clamp<std::size_t>(tile_bytes / (4 * std::max<std::size_t>(cols(), 1)), 1, 64);
-    }
+    std::size_t tile_rows() const noexcept { return detail::gemm_tile_rows(cols()); }
 
 private:
     // Per-thread buffers of decode_row_impl.

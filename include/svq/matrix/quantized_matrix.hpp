@@ -325,10 +325,7 @@ public:
     void gemv_batch(std::span<const float> x, std::span<float> y, std::size_t batch, unsigned threads = 1) const {
         detail::check_gemv_shapes(x.size(), y.size(), batch, rows(), cols(), "quantized_matrix::gemv");
         std::vector<float> xr(x.begin(), x.end());
-        if (rotation_) {
-            std::vector<float> scratch(rotation_->scratch_size());
-            for (std::size_t c = 0; c < batch; ++c) rotation_->forward(std::span<float>(xr.data() + c * cols(), cols()), scratch);
-        }
+        if (rotation_) rotation_->forward_rows(xr, batch);
         const matrix_layout& l = layout();
         detail::parallel_slices(rows(), threads, [&](std::size_t first, std::size_t end) {
             typename Format::buffers b = format_->make_buffers();

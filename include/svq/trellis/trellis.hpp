@@ -17,10 +17,10 @@
 #pragma once
 
 #include <svq/core/checks.hpp>
-#include <svq/core/eigen.hpp>
 #include <svq/core/half.hpp>
 #include <svq/core/parallel.hpp>
 #include <svq/error.hpp>
+#include <svq/kernels/batch.hpp>
 #include <svq/kernels/dense.hpp>
 #include <svq/kernels/portable.hpp>
 #include <svq/kernels/trellis.hpp>
@@ -319,29 +319,13 @@ public:
     void gemv_batch(std::span<const float> x, std::span<float> y, std::size_t batch, unsigned threads = 1) const {
         detail::check_gemv_shapes(x.size(), y.size(), batch, rows(), cols(), "trellis_matrix::gemv");
         detail::aligned_floats xr(x.begin(), x.end());
-        if (rotation_) {
-            std::vector<float> scratch(rotation_->scratch_size());
-            for (std::size_t c = 0; c < batch; ++c)
-                rotation_->forward(std::span<float>(xr.data() + c * cols(), cols()), scratch);
-        }
+        if (rotation_) rotation_->forward_rows(xr, batch);
         const std::size_t n = cols();
-        if (batch >= gemm_batch) {
-            using row_major = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-            const auto ni = static_cast<Eigen::Index>(n), vectors = static_cast<Eigen::Index>(batch);
-            const Eigen::Map<const Eigen::MatrixXf> xm(xr.data(), ni, vectors);
-            const std::size_t per_tile = std::clamp<std::size_t>((std::size_t{4} << 20) / (4 * n), 1, 64);
-            detail::parallel_chunks(
-                rows(), threads, per_tile, [&] { return detail::aligned_floats(std::min(rows(), per_tile) * n); },
-                [&](detail::aligned_floats& tile, std::size_t first, std::size_t end) {
-                    for (std::size_t t0 = first; t0 < end; t0 += per_tile) {  // one thread gets all rows at once
-                        const std::size_t t1 = std::min(end, t0 + per_tile);
-                        for (std::size_t r = t0; r < t1; ++r) decode_rotated(r, tile.data() + (r - t0) * n);
-                        const auto m = static_cast<Eigen::Index>(t1 - t0);
-                        Eigen::Map<Eigen::MatrixXf, 0, Eigen::OuterStride<>> ym(y.data() + t0, m, vectors,
-                                                                                Eigen::OuterStride<>(rows()));
-                        ym.noalias() = Eigen::Map<const row_major>(tile.data(), m, ni) * xm;
-                    }
-                });
+        if (batch >= detail::gemm_batch) {
+            struct none {};
+            detail::tiled_gemm(
+                rows(), n, batch, threads, xr.data(), y.data(), [] { return none{}; },
+                [&](none&, std::size_t r, float* out) { decode_rotated(r, out); });
             return;
         }
         detail::parallel_chunks(
@@ -360,8 +344,6 @@ public:
     }
 
 private:
-    static constexpr std::size_t gemm_batch = 32;
-
     trellis_matrix(std::size_t rows, std::size_t cols, const trellis_config& config, std::vector<std::uint8_t> payload)
         : config_(config), layout_(detail::make_trellis_layout(rows, cols, config, "trellis_matrix")),
           lanes_(std::make_shared<const detail::trellis_lanes>(config.bits_per_64, config.state_bits)) {
