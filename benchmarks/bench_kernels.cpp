@@ -87,6 +87,15 @@ void float_gemv(const std::vector<float>& w, const float* x, float* y) {
         m * Eigen::Map<const Eigen::VectorXf>(x, static_cast<Eigen::Index>(side));
 }
 
+// Median seconds of that GEMV on the dequantized matrix wq (the baseline of vs_float_gemv).
+double float_gemv_seconds(const std::vector<float>& wq) {
+    std::vector<float> y(side);
+    return median_seconds([&] {
+        float_gemv(wq, vectors().data(), y.data());
+        benchmark::DoNotOptimize(y.data());
+    });
+}
+
 // bpw: 2, 3 or 4; speed: 0 for the auto-chosen configuration (N = 128), 1 for
 // the speed configuration (svq::speed_config_options: index in one word, the
 // dense decode path), 2 for the speed configuration without the rotation.
@@ -109,11 +118,7 @@ prepared& get(int bpw, int speed) {
             benchmark::DoNotOptimize(dst.data());
             benchmark::ClobberMemory();
         });
-        std::vector<float> y(side);
-        r.float_gemv_s = median_seconds([&] {
-            float_gemv(r.wq, vectors().data(), y.data());
-            benchmark::DoNotOptimize(y.data());
-        });
+        r.float_gemv_s = float_gemv_seconds(r.wq);
     }
     return it->second;
 }
@@ -245,16 +250,20 @@ void float_gemm(const std::vector<float>& w, const float* x, float* y, std::size
         m * Eigen::Map<const Eigen::MatrixXf>(x, static_cast<Eigen::Index>(side), b);
 }
 
-// Median seconds of Eigen's GEMM with `batch` vectors on p's dequantized matrix, measured once per run.
+// Median seconds of Eigen's GEMM with `batch` vectors on the dequantized matrix wq.
+double float_gemm_median(const std::vector<float>& wq, std::size_t batch) {
+    std::vector<float> y(side * batch);
+    return median_seconds([&] {
+        float_gemm(wq, vectors().data(), y.data(), batch);
+        benchmark::DoNotOptimize(y.data());
+    });
+}
+
+// The same on p's dequantized matrix, measured once per run.
 double float_gemm_seconds(prepared& p, std::size_t batch) {
     auto it = p.float_gemm_s.find(batch);
     if (it != p.float_gemm_s.end()) return it->second;
-    std::vector<float> y(side * batch);
-    const double s = median_seconds([&] {
-        float_gemm(p.wq, vectors().data(), y.data(), batch);
-        benchmark::DoNotOptimize(y.data());
-    });
-    return p.float_gemm_s[batch] = s;
+    return p.float_gemm_s[batch] = float_gemm_median(p.wq, batch);
 }
 
 // Arguments (bpw, speed, vectors). Counter vs_float_gemm: Eigen's float GEMM
@@ -314,11 +323,7 @@ trellis_prepared& get_trellis(int bpw) {
         p.q = svq::quantize_trellis(matrix(), side, side, svq::trellis_config_for(side, side, bpw), 0);
         p.wq = p.q.dequantize();
         p.sqnr_db = svq::sqnr_db(matrix(), p.wq);
-        std::vector<float> y(side);
-        p.float_gemv_s = median_seconds([&] {
-            float_gemv(p.wq, vectors().data(), y.data());
-            benchmark::DoNotOptimize(y.data());
-        });
+        p.float_gemv_s = float_gemv_seconds(p.wq);
         it = cache.emplace(bpw, std::move(p)).first;
     }
     return it->second;
@@ -362,10 +367,7 @@ void bm_trellis_gemv_batch(benchmark::State& state) {
     const auto batch = static_cast<std::size_t>(state.range(1));
     std::vector<float> y(side * batch);
     const std::span<const float> x(vectors().data(), side * batch);
-    const double gemm = median_seconds([&] {
-        float_gemm(p.wq, vectors().data(), y.data(), batch);
-        benchmark::DoNotOptimize(y.data());
-    });
+    const double gemm = float_gemm_median(p.wq, batch);
     const double per = trellis_timed(state, p, static_cast<double>(side * side * batch), [&] {
         p.q.gemv_batch(x, y, batch);
         benchmark::DoNotOptimize(y.data());

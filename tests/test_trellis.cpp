@@ -104,6 +104,10 @@ TEST_CASE("trellis windows: bit positions and reads match a bit-by-bit reader") 
                 svq::detail::trellis_decode(lanes, q.data(), first, blocks, b, L, 0.37f, out.data());
                 svq::detail::trellis_decode_portable(q.data(), first, blocks, b, L, 0.37f, ref.data());
                 REQUIRE(out == ref);
+                // With the four in-block Hadamard stages (exact on the integers) before the product.
+                svq::detail::trellis_decode<true>(lanes, q.data(), first, blocks, b, L, 0.37f, out.data());
+                svq::detail::trellis_decode_portable<true>(q.data(), first, blocks, b, L, 0.37f, ref.data());
+                REQUIRE(out == ref);
                 std::mt19937_64 rng(first);
                 std::normal_distribution<float> nd;
                 double exact = 0.0, mag = 0.0;

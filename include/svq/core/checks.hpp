@@ -1,4 +1,5 @@
-// Argument checks shared by the quantized matrix types and their encoders.
+// Argument checks shared by the quantized matrix types and their encoders,
+// and the per-row RMS the encoders start from.
 #pragma once
 
 #include <svq/error.hpp>
@@ -9,6 +10,7 @@
 #include <cmath>
 #include <cstddef>
 #include <span>
+#include <vector>
 
 namespace svq::detail {
 
@@ -46,6 +48,17 @@ inline float check_matrix(std::span<const float> w, std::size_t rows, std::size_
         peak = std::max(peak, std::fabs(w[i]));
     }
     return peak;
+}
+
+// Per-row RMS of w (rows x cols), in double.
+inline std::vector<double> row_rms(std::span<const float> w, std::size_t rows, std::size_t cols) {
+    std::vector<double> out(rows);
+    for (std::size_t r = 0; r < rows; ++r) {
+        double e = 0.0;
+        for (std::size_t c = 0; c < cols; ++c) e += static_cast<double>(w[r * cols + c]) * w[r * cols + c];
+        out[r] = std::sqrt(e / static_cast<double>(cols));
+    }
+    return out;
 }
 
 }  // namespace svq::detail

@@ -35,6 +35,11 @@ constexpr int trellis_code(std::uint32_t s) noexcept {
 // of the segment, first bit most significant.
 constexpr std::size_t trellis_bit(std::size_t t, unsigned bits64) noexcept { return t * bits64 / 64; }
 
+// The new bits of weight t >= 1: its window is the previous one shifted left by them.
+constexpr unsigned trellis_shift(std::size_t t, unsigned bits64) noexcept {
+    return static_cast<unsigned>(trellis_bit(t, bits64) - trellis_bit(t - 1, bits64));
+}
+
 // The L-bit window at bit `bit` of `p` (bit 0 is the most significant bit of
 // p[0]). Reads the four bytes from bit / 8 on (L <= 25).
 inline std::uint32_t trellis_window(const std::uint8_t* p, std::size_t bit, unsigned L) noexcept {
@@ -51,32 +56,26 @@ inline void trellis_codes_portable(const std::uint8_t* p, std::size_t first, std
     for (std::size_t i = 0; i < n; ++i) z[i] = trellis_code(trellis_window(p, trellis_bit(first + i, bits64), L));
 }
 
-// out[i] = float(z_i) * factor over `blocks` blocks of 16 weights from `first`.
+// out[i] = float(z_i) * factor over `blocks` blocks of 16 weights from
+// `first`. With H16, the first four stages of the Walsh-Hadamard transform
+// run exactly on each block's integer codes first, z' = H_16 z (butterflies
+// of half 1, 2, 4, 8: (a, b) -> (a + b, a - b)), and out = float(z') *
+// factor: the decoder of a rotated power-of-two row runs the remaining
+// stages after it.
+template <bool H16 = false>
 inline void trellis_decode_portable(const std::uint8_t* p, std::size_t first, std::size_t blocks, unsigned bits64,
                                     unsigned L, float factor, float* out) noexcept {
     for (std::size_t j = 0; j < blocks; ++j) {
         std::array<int, 16> z{};
         trellis_codes_portable(p, first + 16 * j, 16, bits64, L, z.data());
-        for (unsigned i = 0; i < 16; ++i) out[16 * j + i] = static_cast<float>(z[i]) * factor;
-    }
-}
-
-// The same with the first four stages of the Walsh-Hadamard transform done
-// exactly on each block's integer codes, z' = H_16 z (butterflies of half 1,
-// 2, 4, 8: (a, b) -> (a + b, a - b)), then out = float(z') * factor. The
-// decoder of a rotated power-of-two row runs the remaining stages after it.
-inline void trellis_decode_h16_portable(const std::uint8_t* p, std::size_t first, std::size_t blocks, unsigned bits64,
-                                        unsigned L, float factor, float* out) noexcept {
-    for (std::size_t j = 0; j < blocks; ++j) {
-        std::array<int, 16> z{};
-        trellis_codes_portable(p, first + 16 * j, 16, bits64, L, z.data());
-        for (unsigned half = 1; half < 16; half *= 2)
-            for (unsigned i = 0; i < 16; ++i)
-                if ((i & half) == 0) {
-                    const int a = z[i], b = z[i + half];
-                    z[i] = a + b;
-                    z[i + half] = a - b;
-                }
+        if constexpr (H16)
+            for (unsigned half = 1; half < 16; half *= 2)
+                for (unsigned i = 0; i < 16; ++i)
+                    if ((i & half) == 0) {
+                        const int a = z[i], b = z[i + half];
+                        z[i] = a + b;
+                        z[i + half] = a - b;
+                    }
         for (unsigned i = 0; i < 16; ++i) out[16 * j + i] = static_cast<float>(z[i]) * factor;
     }
 }
@@ -167,23 +166,14 @@ namespace svq::detail {
 // The dispatchers: the AVX-512 BW kernel where the build has it, else the
 // portable one. `first` is a multiple of 16; reads up to 16 bytes from the
 // last block's first byte.
+template <bool H16 = false>
 inline void trellis_decode(const trellis_lanes& lanes, const std::uint8_t* p, std::size_t first, std::size_t blocks,
                            unsigned bits64, unsigned L, float factor, float* out) noexcept {
 #if SVQ_KERNELS_AVX512BW
-    trellis_decode_avx512(lanes, p, first, blocks, bits64, L, factor, out);
+    trellis_decode_avx512<H16>(lanes, p, first, blocks, bits64, L, factor, out);
 #else
     (void)lanes;
-    trellis_decode_portable(p, first, blocks, bits64, L, factor, out);
-#endif
-}
-
-inline void trellis_decode_h16(const trellis_lanes& lanes, const std::uint8_t* p, std::size_t first,
-                               std::size_t blocks, unsigned bits64, unsigned L, float factor, float* out) noexcept {
-#if SVQ_KERNELS_AVX512BW
-    trellis_decode_h16_avx512(lanes, p, first, blocks, bits64, L, factor, out);
-#else
-    (void)lanes;
-    trellis_decode_h16_portable(p, first, blocks, bits64, L, factor, out);
+    trellis_decode_portable<H16>(p, first, blocks, bits64, L, factor, out);
 #endif
 }
 

@@ -157,17 +157,6 @@ inline std::vector<float> prescaled(std::span<const float> w, int e) {
     return out;
 }
 
-// Per-row RMS of w (rows x cols), in double.
-inline std::vector<double> row_rms(std::span<const float> w, std::size_t rows, std::size_t cols) {
-    std::vector<double> out(rows);
-    for (std::size_t r = 0; r < rows; ++r) {
-        double e = 0.0;
-        for (std::size_t c = 0; c < cols; ++c) e += static_cast<double>(w[r * cols + c]) * w[r * cols + c];
-        out[r] = std::sqrt(e / static_cast<double>(cols));
-    }
-    return out;
-}
-
 // Matrix reference scale: the largest row RMS (row scales are stored relative to it).
 inline float reference_scale(std::span<const float> w, std::size_t rows, std::size_t cols) {
     const std::vector<double> rms = row_rms(w, rows, cols);

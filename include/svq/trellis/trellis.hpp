@@ -101,6 +101,8 @@ struct trellis_layout {
         return n == 0 ? 0 : trellis_bit(n - 1, bits64) + L;
     }
     std::size_t weights() const noexcept { return rows * cols; }
+    // Every stored bit: the payload, a 16-bit factor per row, the 64-bit seed when rotated.
+    std::size_t stored_bits(bool rotate) const noexcept { return payload_bytes * 8 + 16 * rows + (rotate ? 64 : 0); }
     std::size_t weights_in(std::size_t segment) const noexcept {
         return segment + 1 < segments ? segment_weights : weights() - segment * segment_weights;
     }
@@ -163,7 +165,7 @@ inline void trellis_viterbi(const float* wn, std::size_t n, const float* zf, flo
     const std::size_t stride = l.back_bytes();
     trellis_add(wk.zeros.data(), 0.0f, zf, wn[0], c, L, 0, wk.cost.data());
     for (std::size_t t = 1; t < n; ++t) {
-        const auto k = static_cast<unsigned>(trellis_bit(t, b) - trellis_bit(t - 1, b));
+        const unsigned k = trellis_shift(t, b);
         const float least = trellis_min(wk.cost.data(), L, k, wk.minprev.data(), wk.back.data() + t * stride);
         trellis_add(wk.minprev.data(), least, zf, wn[t], c, L, k, wk.next.data());
         std::swap(wk.cost, wk.next);
@@ -172,13 +174,13 @@ inline void trellis_viterbi(const float* wn, std::size_t n, const float* zf, flo
     std::uint32_t* s = wk.states.data();
     s[n - 1] = best;
     for (std::size_t t = n - 1; t > 0; --t) {
-        const auto k = static_cast<unsigned>(trellis_bit(t, b) - trellis_bit(t - 1, b));
+        const unsigned k = trellis_shift(t, b);
         const std::uint32_t x = s[t] >> k;
         s[t - 1] = (std::uint32_t{wk.back[t * stride + x]} << (L - k)) | x;
     }
     put_trellis_bits(out, 0, s[0], L);
     for (std::size_t t = 1; t < n; ++t) {
-        const auto k = static_cast<unsigned>(trellis_bit(t, b) - trellis_bit(t - 1, b));
+        const unsigned k = trellis_shift(t, b);
         put_trellis_bits(out, trellis_bit(t - 1, b) + L, s[t] & ((std::uint32_t{1} << k) - 1u), k);
     }
 }
@@ -248,9 +250,7 @@ public:
     const hadamard_rotation* rotation() const noexcept { return rotation_.get(); }
 
     // Every stored bit: the payload, a 16-bit factor per row, the seed (when rotated).
-    std::size_t stored_bits() const noexcept {
-        return layout_.payload_bytes * 8 + 16 * rows() + (config_.rotate ? 8 * sizeof(config_.seed) : 0);
-    }
+    std::size_t stored_bits() const noexcept { return layout_.stored_bits(config_.rotate); }
     double bits_per_weight() const noexcept {
         return rows() == 0 ? 0.0 : static_cast<double>(stored_bits()) / static_cast<double>(rows() * cols());
     }
@@ -396,7 +396,7 @@ private:
             const float f = factor(r) * detail::fwht_scale<float>(cols());
             for_each_run(
                 r, [&](const std::uint8_t* p, std::size_t first, std::size_t col, std::size_t count) {
-                    detail::trellis_decode_h16(*lanes_, p, first, count, layout_.bits64, layout_.L, f, out + col);
+                    detail::trellis_decode<true>(*lanes_, p, first, count, layout_.bits64, layout_.L, f, out + col);
                 },
                 [](std::size_t, int) {});  // not reached: cols is a multiple of 16
             detail::hadamard_stages(out, cols(), 16, rotation_->signs().data());
@@ -450,12 +450,8 @@ inline trellis_matrix quantize_trellis(std::span<const float> w, std::size_t row
     trellis_matrix q(rows, cols, config, std::vector<std::uint8_t>(l.payload_bytes));
     std::vector<float> wr(w.begin(), w.end());
     if (q.rotation_) q.rotation_->forward_rows(wr, rows);
-    std::vector<double> inv_rms(rows, 0.0);
-    for (std::size_t r = 0; r < rows; ++r) {
-        double e = 0.0;
-        for (std::size_t c = 0; c < cols; ++c) e += static_cast<double>(wr[r * cols + c]) * wr[r * cols + c];
-        if (e > 0.0) inv_rms[r] = 1.0 / std::sqrt(e / static_cast<double>(cols));
-    }
+    std::vector<double> inv_rms = detail::row_rms(wr, rows, cols);
+    for (double& v : inv_rms) v = v > 0.0 ? 1.0 / v : 0.0;
     std::vector<float> zf(std::size_t{1} << l.L);
     for (std::size_t s = 0; s < zf.size(); ++s) zf[s] = static_cast<float>(detail::trellis_code(static_cast<std::uint32_t>(s)));
     const auto c = static_cast<float>(detail::trellis_gain / detail::trellis_code_rms);
@@ -502,7 +498,7 @@ inline trellis_config trellis_config_for(std::size_t rows, std::size_t cols, dou
     const auto bpw = [&](unsigned b) {
         c.bits_per_64 = b;
         const detail::trellis_layout l = detail::make_trellis_layout(rows, cols, c, "trellis_config_for");
-        return static_cast<double>(l.payload_bytes * 8 + 16 * rows + (rotate ? 64 : 0)) / static_cast<double>(l.weights());
+        return static_cast<double>(l.stored_bits(rotate)) / static_cast<double>(l.weights());
     };
     const double lowest = bpw(64);
     if (lowest > target_bpw)

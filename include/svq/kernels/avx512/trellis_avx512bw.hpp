@@ -51,34 +51,27 @@ struct trellis_block_reader {
     }
 };
 
-// first: a multiple of 16.
+// trellis_decode_portable<H16>; first: a multiple of 16. H16: the four
+// in-block stages on the codes as floats, each a lane permutation and one
+// fused multiply-add partner +- own (every value an integer below 2^14:
+// exact, the integers' results); lanes with bit k of their index set hold b
+// and need a - b = partner - own.
+template <bool H16>
 inline void trellis_decode_avx512(const trellis_lanes& lanes, const std::uint8_t* p, std::size_t first,
                                   std::size_t blocks, unsigned bits64, unsigned L, float factor, float* out) noexcept {
     const trellis_block_reader read(lanes, L);
-    const __m512 f = _mm512_set1_ps(factor);
-    std::size_t mb = first / 16 * bits64;
-    for (std::size_t j = 0; j < blocks; ++j, mb += bits64)
-        _mm512_storeu_ps(out + 16 * j, _mm512_mul_ps(_mm512_cvtepi32_ps(read(p, mb)), f));
-}
-
-// trellis_decode_h16_portable: the four in-block stages on the codes as
-// floats, each a lane permutation and one fused multiply-add partner +- own
-// (every value an integer below 2^14: exact, the integers' results).
-inline void trellis_decode_h16_avx512(const trellis_lanes& lanes, const std::uint8_t* p, std::size_t first,
-                                      std::size_t blocks, unsigned bits64, unsigned L, float factor,
-                                      float* out) noexcept {
-    const trellis_block_reader read(lanes, L);
     const __m512 f = _mm512_set1_ps(factor), one = _mm512_set1_ps(1.0f), minus = _mm512_set1_ps(-1.0f);
-    // Lanes with bit k of their index set hold b and need a - b = partner - own.
-    const __m512 s1 = _mm512_mask_blend_ps(0xAAAA, one, minus), s2 = _mm512_mask_blend_ps(0xCCCC, one, minus);
-    const __m512 s4 = _mm512_mask_blend_ps(0xF0F0, one, minus), s8 = _mm512_mask_blend_ps(0xFF00, one, minus);
+    [[maybe_unused]] const __m512 s1 = _mm512_mask_blend_ps(0xAAAA, one, minus), s2 = _mm512_mask_blend_ps(0xCCCC, one, minus),
+                                  s4 = _mm512_mask_blend_ps(0xF0F0, one, minus), s8 = _mm512_mask_blend_ps(0xFF00, one, minus);
     std::size_t mb = first / 16 * bits64;
     for (std::size_t j = 0; j < blocks; ++j, mb += bits64) {
         __m512 x = _mm512_cvtepi32_ps(read(p, mb));
-        x = _mm512_fmadd_ps(x, s1, _mm512_permute_ps(x, 0xB1));                 // lanes i ^ 1
-        x = _mm512_fmadd_ps(x, s2, _mm512_permute_ps(x, 0x4E));                 // lanes i ^ 2
-        x = _mm512_fmadd_ps(x, s4, _mm512_shuffle_f32x4(x, x, 0xB1));           // lanes i ^ 4
-        x = _mm512_fmadd_ps(x, s8, _mm512_shuffle_f32x4(x, x, 0x4E));           // lanes i ^ 8
+        if constexpr (H16) {
+            x = _mm512_fmadd_ps(x, s1, _mm512_permute_ps(x, 0xB1));        // lanes i ^ 1
+            x = _mm512_fmadd_ps(x, s2, _mm512_permute_ps(x, 0x4E));        // lanes i ^ 2
+            x = _mm512_fmadd_ps(x, s4, _mm512_shuffle_f32x4(x, x, 0xB1));  // lanes i ^ 4
+            x = _mm512_fmadd_ps(x, s8, _mm512_shuffle_f32x4(x, x, 0x4E));  // lanes i ^ 8
+        }
         _mm512_storeu_ps(out + 16 * j, _mm512_mul_ps(x, f));
     }
 }
